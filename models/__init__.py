@@ -1,0 +1,1 @@
+"""Shared library: features, detectors, bundles, device selection."""

@@ -1,0 +1,267 @@
+"""Log-mel features in torch, computed incrementally for any number of streams at once.
+
+The whole extractor is one state machine (`LogMelBatchStream`): per stream it keeps the samples that do not yet
+fill a frame and the last `context - 1` log-mel frames for context stacking. Offline extraction is defined as a
+stream fed the whole clip, so the monitor and the trainer cannot compute different features.
+
+Framing follows `torch.stft(center=False)`: frame i covers samples [i*hop, i*hop + n_fft), a periodic Hann
+window, a one-sided FFT. We frame by hand and call `torch.fft.rfft` on the stacked frames (which is what
+`torch.stft` does inside) because frames from many streams, each with its own remainder, can then go through one
+FFT + one mel matmul. dB is `20/power * log10(mel + eps)` as in the DCASE 2020 baseline.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import asdict, dataclass, field
+from functools import lru_cache
+from typing import Any, ClassVar, Sequence
+
+import numpy as np
+import torch
+
+from models.device import select_device
+
+EPS = sys.float_info.epsilon
+_ROW_BLOCK = 16
+
+
+class FeatureInputError(ValueError):
+    """Audio a feature stream cannot take (wrong shape, NaN/inf); the message says what was wrong."""
+
+
+@dataclass(frozen=True)
+class LogMelConfig:
+    """Hyper-parameters of the log-mel front end; serialisable to JSON and stored in every bundle."""
+
+    kind: ClassVar[str] = "logmel"
+
+    sample_rate: int = 16000
+    n_fft: int = 1024
+    hop_length: int = 512
+    n_mels: int = 128
+    power: float = 2.0
+    fmin: float = 0.0
+    fmax: float | None = None
+    context: int = 1  # consecutive frames concatenated into one vector (DCASE baseline: 5 -> 640 dims)
+
+    def __post_init__(self) -> None:
+        if self.n_fft <= 0 or self.hop_length <= 0 or self.n_mels <= 0 or self.context <= 0:
+            raise ValueError(f"n_fft, hop_length, n_mels and context must be positive: {self}")
+        if self.sample_rate <= 0:
+            raise ValueError(f"sample_rate must be positive, got {self.sample_rate}")
+
+    @property
+    def dim(self) -> int:
+        """Length of one output vector."""
+        return self.n_mels * self.context
+
+    def n_vectors(self, n_samples: int) -> int:
+        """How many vectors a clip of `n_samples` yields (0 when it is shorter than one context)."""
+        n_frames = 0 if n_samples < self.n_fft else (n_samples - self.n_fft) // self.hop_length + 1
+        return max(0, n_frames - self.context + 1)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"kind": self.kind, **asdict(self)}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "LogMelConfig":
+        d = dict(d)
+        kind = d.pop("kind", cls.kind)
+        if kind != cls.kind:
+            raise ValueError(f"not a {cls.kind} feature config: kind={kind!r}")
+        return cls(**d)
+
+    def stream(self, device: str | torch.device | None = "cpu") -> "LogMelStream":
+        """A single incremental stream."""
+        return LogMelStream(self, device)
+
+    def batch_stream(self, n_streams: int, device: str | torch.device | None = "cpu") -> "LogMelBatchStream":
+        """`n_streams` independent streams whose new frames are computed together in one call."""
+        return LogMelBatchStream(self, n_streams, device)
+
+    def extract(self, wav: np.ndarray | torch.Tensor, device: str | torch.device | None = "cpu") -> torch.Tensor:
+        """Offline features of one clip, [n_vectors, dim]: by definition one stream fed the whole clip."""
+        s = self.stream(device)
+        out = s.accept(wav)
+        rest = s.flush()
+        return out if rest.shape[0] == 0 else torch.cat([out, rest])
+
+    def extract_batch(
+        self, wavs: Sequence[np.ndarray] | np.ndarray | torch.Tensor, device: str | torch.device | None = "cpu"
+    ) -> list[torch.Tensor]:
+        """Offline features of many clips in one FFT/matmul call; equals `extract` on each."""
+        s = self.batch_stream(len(wavs), device)
+        return s.accept(list(wavs))
+
+
+class _Kernel:
+    """Window and mel filterbank of one config on one device, built once.
+
+    The Slaney filterbank is banded: each FFT bin feeds at most two triangles. Instead of a dense
+    [n_freq, n_mels] matmul we project each block of 16 consecutive filters from the contiguous bin range it
+    covers, a quarter of the work or less for the usual sizes, with the same sums.
+    """
+
+    FILTERS_PER_BLOCK = 16
+
+    def __init__(self, cfg: LogMelConfig, device: torch.device) -> None:
+        import librosa
+
+        self.window = torch.hann_window(cfg.n_fft, periodic=True, dtype=torch.float32, device=device)
+        mel = librosa.filters.mel(
+            sr=cfg.sample_rate, n_fft=cfg.n_fft, n_mels=cfg.n_mels, fmin=cfg.fmin, fmax=cfg.fmax
+        ).astype(np.float32)
+        self.blocks: list[tuple[int, int, int, torch.Tensor | None]] = []  # (first filter, bin lo, bin hi, weights)
+        for f0 in range(0, cfg.n_mels, self.FILTERS_PER_BLOCK):
+            sub = mel[f0 : f0 + self.FILTERS_PER_BLOCK]
+            used = np.flatnonzero(sub.any(axis=0))
+            if used.size == 0:  # filters narrower than a bin at very low frequencies: all-zero, as in librosa
+                self.blocks.append((f0, 0, 0, None))
+                continue
+            lo, hi = int(used[0]), int(used[-1]) + 1
+            weights = torch.from_numpy(np.ascontiguousarray(sub[:, lo:hi].T)).to(device)  # [hi-lo, n_filters]
+            self.blocks.append((f0, lo, hi, weights))
+        self.n_mels = cfg.n_mels
+        self.scale = 20.0 / cfg.power
+        self.power = cfg.power
+
+    def __call__(self, frames: torch.Tensor) -> torch.Tensor:
+        n = frames.shape[0]
+        spec = torch.fft.rfft(frames * self.window, dim=-1)
+        if self.power == 2.0:
+            pw = (spec * spec.conj()).real  # |X|^2 without a square root; faster than real^2 + imag^2 here
+        else:
+            pw = spec.abs().pow(self.power)
+        # BLAS takes another code path for a row count that is not a multiple of its micro-kernel, which changes
+        # the last bit of a few values; zero rows up to a multiple of 16 keep every row on one path, so a frame's
+        # features do not depend on how many frames were computed with it (the streaming == offline guarantee).
+        pad = (-n) % _ROW_BLOCK
+        if pad:
+            pw = torch.cat([pw, pw.new_zeros((pad, pw.shape[1]))])
+        mel = pw.new_zeros((pw.shape[0], self.n_mels))
+        for f0, lo, hi, weights in self.blocks:
+            if weights is not None:
+                mel[:, f0 : f0 + weights.shape[1]] = pw[:, lo:hi] @ weights
+        return self.scale * torch.log10(mel[:n] + EPS)
+
+
+@lru_cache(maxsize=32)
+def _kernel(cfg: LogMelConfig, device: str) -> _Kernel:
+    return _Kernel(cfg, torch.device(device))
+
+
+def frames_to_logmel(frames: torch.Tensor, cfg: LogMelConfig) -> torch.Tensor:
+    """[N, n_fft] raw sample frames -> [N, n_mels] log-mel dB. The only place the numbers are computed."""
+    return _kernel(cfg, str(frames.device))(frames)
+
+
+@dataclass
+class _StreamState:
+    remainder: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.float32))
+    context: torch.Tensor | None = None  # last (context-1) log-mel frames
+
+
+def _as_mono_float32(chunk: np.ndarray | torch.Tensor) -> np.ndarray:
+    if isinstance(chunk, torch.Tensor):
+        chunk = chunk.detach().cpu().numpy()
+    arr = np.asarray(chunk)
+    if arr.ndim != 1:
+        raise FeatureInputError(f"expected mono audio as a 1-D array, got shape {arr.shape}")
+    if not np.issubdtype(arr.dtype, np.floating):
+        raise FeatureInputError(f"expected floating-point samples in [-1, 1], got dtype {arr.dtype}")
+    arr = arr.astype(np.float32, copy=False)
+    if arr.size and not np.isfinite(arr).all():
+        bad = int((~np.isfinite(arr)).sum())
+        raise FeatureInputError(f"audio contains {bad} NaN/inf samples")
+    return arr
+
+
+class LogMelBatchStream:
+    """Incremental log-mel for `n_streams` independent streams; only frames completed by new samples are computed.
+
+    `accept(chunks)` takes one chunk (or None) per stream and returns each stream's new vectors, [k_i, dim].
+    """
+
+    def __init__(self, cfg: LogMelConfig, n_streams: int, device: str | torch.device | None = "cpu") -> None:
+        self.cfg = cfg
+        self.device = select_device(device)
+        self._states = [_StreamState() for _ in range(n_streams)]
+
+    def __len__(self) -> int:
+        return len(self._states)
+
+    def add_stream(self) -> int:
+        self._states.append(_StreamState())
+        return len(self._states) - 1
+
+    def reset(self, index: int) -> None:
+        """Forget a stream's partial frame and context (after a gap in its audio, e.g. a device came back)."""
+        self._states[index] = _StreamState()
+
+    def pending_samples(self, index: int) -> int:
+        return int(self._states[index].remainder.size)
+
+    def accept(self, chunks: Sequence[np.ndarray | torch.Tensor | None]) -> list[torch.Tensor]:
+        cfg = self.cfg
+        if len(chunks) != len(self._states):
+            raise ValueError(f"got {len(chunks)} chunks for {len(self._states)} streams")
+        frame_blocks: list[np.ndarray] = []
+        counts: list[int] = []
+        for state, chunk in zip(self._states, chunks):
+            if chunk is None:
+                counts.append(0)
+                continue
+            buf = _as_mono_float32(chunk)
+            if state.remainder.size:
+                buf = np.concatenate([state.remainder, buf])
+            n = 0 if buf.size < cfg.n_fft else (buf.size - cfg.n_fft) // cfg.hop_length + 1
+            if n:
+                frames = np.lib.stride_tricks.sliding_window_view(buf, cfg.n_fft)[:: cfg.hop_length][:n]
+                frame_blocks.append(frames)
+            state.remainder = buf[n * cfg.hop_length :].copy()
+            counts.append(n)
+
+        empty = torch.zeros((0, cfg.dim), dtype=torch.float32, device=self.device)
+        if not frame_blocks:
+            return [empty for _ in self._states]
+        stacked = torch.from_numpy(np.concatenate(frame_blocks))
+        if self.device.type == "cuda":
+            stacked = stacked.pin_memory().to(self.device, non_blocking=True)
+        logmel = frames_to_logmel(stacked, cfg)
+
+        out: list[torch.Tensor] = []
+        for state, part in zip(self._states, torch.split(logmel, counts)):
+            out.append(self._stack_context(state, part) if part.shape[0] else empty)
+        return out
+
+    def _stack_context(self, state: _StreamState, frames: torch.Tensor) -> torch.Tensor:
+        c = self.cfg.context
+        if c == 1:
+            return frames
+        full = frames if state.context is None else torch.cat([state.context, frames])
+        state.context = full[-(c - 1) :].clone()
+        if full.shape[0] < c:
+            return torch.zeros((0, self.cfg.dim), dtype=frames.dtype, device=frames.device)
+        # [n, n_mels, c] -> [n, c, n_mels] -> [n, c * n_mels]: frame-major, as the DCASE baseline lays it out
+        return full.unfold(0, c, 1).transpose(1, 2).reshape(-1, self.cfg.dim)
+
+    def flush(self) -> list[torch.Tensor]:
+        """End all streams. With `center=False` a partial frame yields nothing; state is cleared for reuse."""
+        n = len(self._states)
+        self._states = [_StreamState() for _ in range(n)]
+        return [torch.zeros((0, self.cfg.dim), dtype=torch.float32, device=self.device) for _ in range(n)]
+
+
+class LogMelStream:
+    """One stream: `accept(chunk) -> [k, dim]` new vectors, `flush()` ends it."""
+
+    def __init__(self, cfg: LogMelConfig, device: str | torch.device | None = "cpu") -> None:
+        self._batch = LogMelBatchStream(cfg, 1, device)
+        self.cfg = cfg
+
+    def accept(self, chunk: np.ndarray | torch.Tensor) -> torch.Tensor:
+        return self._batch.accept([chunk])[0]
+
+    def flush(self) -> torch.Tensor:
+        return self._batch.flush()[0]

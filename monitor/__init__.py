@@ -1,0 +1,1 @@
+"""The streaming daemon: sources, pipeline, alarms, sinks, the asd-monitor CLI."""

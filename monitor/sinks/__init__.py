@@ -1,0 +1,1 @@
+"""Event sinks: MQTT, Prometheus, TUI, JSONL."""

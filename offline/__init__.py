@@ -1,0 +1,1 @@
+"""Offline side: datasets, synthesis, training, evaluation, the asd-offline CLI."""

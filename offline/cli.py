@@ -1,0 +1,52 @@
+"""`asd-offline`: one subcommand per module. Each module exposes `configure_parser(parser)` and `run(args) -> int`.
+
+Subcommand modules keep heavy imports (torch, matplotlib, librosa) inside `run`, so building the parser is cheap.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+
+# subcommand -> (module, one-line help). The order is the order `--help` shows.
+COMMANDS: dict[str, tuple[str, str]] = {
+    "synth": ("offline.synth", "write a synthetic machine-sound dataset in DCASE 2020 layout"),
+    "download": ("offline.datasets.download", "download and extract a public dataset (DCASE 2020 Task 2, MIMII)"),
+    "train": ("offline.train", "train a detector on normal clips and write a bundle"),
+    "evaluate": ("offline.evaluate", "AUC/pAUC, confusion matrices, DCASE CSVs and plots for one or more bundles"),
+    "score": ("offline.score", "score wav files with a bundle (one JSON line per file)"),
+    "models": ("offline.models_cmd", "list the registered detectors"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="asd-offline", description=__doc__.splitlines()[0])
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="more logging (-vv for debug)")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, (module, help_text) in COMMANDS.items():
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        p.set_defaults(_module=module)
+        importlib.import_module(module).configure_parser(p)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    level = logging.WARNING - 10 * min(args.verbose + 1, 2)
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    module = importlib.import_module(args._module)
+    try:
+        return int(module.run(args) or 0)
+    except KeyboardInterrupt:
+        return 130
+    except (ValueError, FileNotFoundError, RuntimeError) as exc:  # user-fixable problems: a message, not a traceback
+        logging.getLogger("asd-offline").debug("details", exc_info=True)
+        print(f"asd-offline {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

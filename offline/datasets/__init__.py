@@ -1,0 +1,1 @@
+"""Dataset readers and downloaders; all yield `Clip` records."""
