@@ -1,0 +1,449 @@
+"""MQTT sink: alarms, events, source health and rate-limited scores on `<base_topic>/<node>/...`, plus Home
+Assistant discovery.
+
+Topics (base `asd/<node>`):
+  availability        `online` (retained, on every connect) / `offline` (retained; also the Last Will)
+  <source>/status     JSON {state, detail, time} from SourceStatus (retained)
+  <source>/alarm      `ON` / `OFF` from AlarmEvent new / end (retained)
+  events              JSON of AlarmEvent.to_dict() (qos 1, not retained)
+  <source>/score      JSON of ScoreUpdate.to_dict(), at most once per `score_interval` per source
+
+`publish()` only appends to a bounded outbox; one task owns the connection, reconnects with back-off and drains
+the outbox in order. A message leaves the outbox only once the broker has acknowledged it, so a broker restart
+loses nothing (delivery is at-least-once). When the outbox is full the oldest score is dropped first: alarms and
+events matter more than a gauge that the next update replaces.
+
+Counters: `stats` (published, dropped, errors, connects) can be read at any time; when `on_counter` is given,
+each drop or connection error is also reported as a `CounterEvent(name="sink_errors", source="mqtt", ...)`,
+which the daemon forwards to the Prometheus sink (`asd_sink_errors_total{sink="mqtt"}`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import json
+import logging
+import re
+import ssl
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterable, Literal
+from urllib.parse import unquote, urlsplit
+
+import aiomqtt
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationInfo, field_validator, model_validator
+
+from monitor.events import AlarmEvent, CounterEvent, Event, ScoreUpdate, SourceStatus
+from monitor.sinks.jsonl import json_safe
+
+log = logging.getLogger(__name__)
+
+SINK_NAME = "mqtt"
+_TOPIC_UNSAFE = re.compile(r"[+#/\s\x00-\x1f\x7f]+")
+_ID_UNSAFE = re.compile(r"[^A-Za-z0-9_-]+")
+_ACK_TIMEOUT_S = 10.0
+_CLOSE_TIMEOUT_S = 5.0
+
+
+class MqttTls(BaseModel):
+    """TLS files for `mqtts://` (system CAs when `ca_file` is unset); `insecure` turns off certificate and
+    host-name checks, for a self-signed test broker only."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    ca_file: str | None = None
+    cert_file: str | None = None
+    key_file: str | None = None
+    insecure: bool = False
+
+    @field_validator("ca_file", "cert_file", "key_file")
+    @classmethod
+    def _readable(cls, path: str | None, info: ValidationInfo) -> str | None:
+        if path is not None and not Path(path).is_file():
+            raise ValueError(f"MQTT TLS {info.field_name} {path!r} is not a readable file")
+        return path
+
+
+class MqttSettings(BaseModel):
+    """Broker connection and topic layout. Credentials given in the URL are moved into `username`/`password`
+    so that the URL (which may be logged) never carries the password."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    url: str = "mqtt://127.0.0.1:1883"
+    username: str | None = None
+    password: SecretStr | None = None
+    client_id: str | None = None
+    tls: MqttTls = Field(default_factory=MqttTls)
+    qos: Literal[0, 1, 2] = 1
+    keepalive: int = Field(default=30, ge=5, le=3600)
+    base_topic: str = "asd"
+    ha_discovery: bool = True
+    ha_prefix: str = "homeassistant"
+    outbox_size: int = Field(default=1000, ge=1)
+    score_interval: float = Field(default=1.0, ge=0.0)
+    reconnect_min: float = Field(default=0.5, gt=0.0)
+    reconnect_max: float = Field(default=30.0, gt=0.0)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _credentials_out_of_url(cls, data: Any) -> Any:
+        if not isinstance(data, dict) or not isinstance(data.get("url"), str):
+            return data
+        parts = urlsplit(data["url"])
+        if parts.scheme not in ("mqtt", "mqtts"):
+            raise ValueError(f"MQTT url must start with mqtt:// or mqtts://, got scheme {parts.scheme!r}")
+        if not parts.hostname:
+            raise ValueError("MQTT url has no host name")
+        try:
+            parts.port  # noqa: B018 - raises on a non-numeric port
+        except ValueError as exc:
+            raise ValueError(f"MQTT url has a bad port: {exc}") from None
+        if parts.username is None and parts.password is None:
+            return data
+        data = dict(data)
+        if parts.username and not data.get("username"):
+            data["username"] = unquote(parts.username)
+        if parts.password is not None and not data.get("password"):
+            data["password"] = unquote(parts.password)
+        netloc = parts.hostname if ":" not in parts.hostname else f"[{parts.hostname}]"
+        if parts.port is not None:
+            netloc += f":{parts.port}"
+        data["url"] = parts._replace(netloc=netloc).geturl()
+        return data
+
+    @property
+    def use_tls(self) -> bool:
+        return urlsplit(self.url).scheme == "mqtts"
+
+    @property
+    def host(self) -> str:
+        return urlsplit(self.url).hostname or ""
+
+    @property
+    def port(self) -> int:
+        return urlsplit(self.url).port or (8883 if self.use_tls else 1883)
+
+
+def parse_mqtt_url(url: str, **overrides: Any) -> MqttSettings:
+    """Build settings from `--mqtt URL` (`mqtt[s]://[user[:pass]@]host[:port]`); `overrides` set other fields."""
+    return MqttSettings(url=url, **overrides)
+
+
+def sanitize_topic_part(name: str) -> str:
+    """A source name as one topic level: MQTT wildcards, separators and whitespace would change the topic tree."""
+    cleaned = _TOPIC_UNSAFE.sub("_", name).strip("_")
+    return cleaned or "_"
+
+
+def _object_id(name: str) -> str:
+    return _ID_UNSAFE.sub("_", name).strip("_") or "_"
+
+
+@dataclass
+class MqttStats:
+    """What the sink has done since it started; read by tests and available to the daemon."""
+
+    published: int = 0
+    dropped: int = 0
+    errors: int = 0
+    connects: int = 0
+
+
+@dataclass(frozen=True)
+class _Message:
+    topic: str
+    payload: bytes
+    qos: int
+    retain: bool
+    is_score: bool = False
+
+
+class MqttSink:
+    """Publishes monitor events to an MQTT broker without ever blocking the caller (see the module docstring)."""
+
+    name = SINK_NAME
+
+    def __init__(
+        self,
+        settings: MqttSettings,
+        node: str,
+        *,
+        sources: Iterable[str] = (),
+        on_counter: Callable[[CounterEvent], None] | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.settings = settings
+        self.node = sanitize_topic_part(node)
+        self.base = f"{settings.base_topic.rstrip('/')}/{self.node}"
+        self.availability_topic = f"{self.base}/availability"
+        self.stats = MqttStats()
+        self._on_counter = on_counter
+        self._clock = clock
+        self._outbox: collections.deque[_Message] = collections.deque()
+        self._wakeup = asyncio.Event()
+        self._closing = asyncio.Event()
+        self._connected = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._sources: dict[str, str] = {}  # topic-safe name -> original name, in order of appearance
+        self._last_score: dict[str, float] = {}
+        for source in sources:
+            self._known(source)
+
+    def __repr__(self) -> str:
+        return f"MqttSink(url={self.settings.url!r}, node={self.node!r}, queued={len(self._outbox)})"
+
+    # ---- topics -------------------------------------------------------------------------------------------
+
+    def topic(self, source: str, leaf: str) -> str:
+        """`<base>/<node>/<source>/<leaf>` with the source name made topic-safe."""
+        return f"{self.base}/{sanitize_topic_part(source)}/{leaf}"
+
+    @property
+    def events_topic(self) -> str:
+        return f"{self.base}/events"
+
+    @property
+    def connected(self) -> bool:
+        return self._connected.is_set()
+
+    @property
+    def queued(self) -> int:
+        return len(self._outbox)
+
+    # ---- Sink protocol ------------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Start the connection task; returns at once (the broker may be down: the outbox keeps events)."""
+        if self._task is None:
+            self._task = asyncio.create_task(self._run(), name="mqtt-sink")
+
+    def publish(self, event: Event) -> None:
+        """Queue the MQTT messages for one event; never blocks, never raises on broker trouble."""
+        if isinstance(event, AlarmEvent):
+            self._announce(event.source)
+            if event.type in ("new", "end"):
+                state = b"ON" if event.type == "new" else b"OFF"
+                self._enqueue(_Message(self.topic(event.source, "alarm"), state, self.settings.qos, True))
+            self._enqueue(_Message(self.events_topic, _json(event.to_dict()), 1, False))
+        elif isinstance(event, SourceStatus):
+            self._announce(event.source)
+            payload = _json({"state": event.state, "detail": event.detail, "time": event.time})
+            self._enqueue(_Message(self.topic(event.source, "status"), payload, self.settings.qos, True))
+        elif isinstance(event, ScoreUpdate):
+            self._announce(event.source)
+            now = self._clock()
+            last = self._last_score.get(event.source)
+            if last is not None and now - last < self.settings.score_interval:
+                return
+            self._last_score[event.source] = now
+            topic = self.topic(event.source, "score")
+            self._enqueue(_Message(topic, _json(event.to_dict()), 0, False, is_score=True))
+
+    async def close(self) -> None:
+        """Deliver what is queued (bounded wait), publish `offline` retained, then disconnect."""
+        self._closing.set()
+        self._wakeup.set()
+        if self._task is None:
+            return
+        try:
+            await asyncio.wait_for(asyncio.shield(self._task), timeout=_CLOSE_TIMEOUT_S + 1.0)
+        except asyncio.TimeoutError:
+            log.warning("MQTT sink: %d message(s) not delivered at shutdown", len(self._outbox))
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        self._task = None
+
+    # ---- outbox -------------------------------------------------------------------------------------------
+
+    def _enqueue(self, message: _Message) -> None:
+        if len(self._outbox) >= self.settings.outbox_size and not self._make_room(message):
+            return
+        self._outbox.append(message)
+        self._wakeup.set()
+
+    def _make_room(self, incoming: _Message) -> bool:
+        """Drop one message to fit `incoming`: the oldest score, else (for a non-score) the oldest message."""
+        victim = next((m for m in self._outbox if m.is_score), None)
+        if victim is None and incoming.is_score:
+            self._count_drop("outbox full: dropped a score")
+            return False
+        if victim is None:
+            victim = self._outbox[0]
+        self._outbox.remove(victim)
+        self._count_drop(f"outbox full: dropped {'a score' if victim.is_score else victim.topic}")
+        return True
+
+    def _count_drop(self, detail: str) -> None:
+        self.stats.dropped += 1
+        if self.stats.dropped == 1 or self.stats.dropped % 100 == 0:
+            log.warning("MQTT sink: %s (%d dropped so far)", detail, self.stats.dropped)
+        self._count_error(detail)
+
+    def _count_error(self, detail: str) -> None:
+        if self._on_counter is not None:
+            self._on_counter(CounterEvent("sink_errors", SINK_NAME, detail=detail, labels={"sink": SINK_NAME}))
+
+    # ---- Home Assistant discovery -------------------------------------------------------------------------
+
+    def _known(self, source: str) -> bool:
+        """Remember a source; True the first time it is seen."""
+        key = sanitize_topic_part(source)
+        if key in self._sources:
+            return False
+        self._sources[key] = source
+        return True
+
+    def _announce(self, source: str) -> None:
+        if self._known(source) and self.settings.ha_discovery:
+            for message in self._discovery_messages(source):
+                self._enqueue(message)
+
+    def _discovery_messages(self, source: str) -> list[_Message]:
+        """One binary_sensor (alarm) and one sensor (score) per source, grouped under one HA device per node."""
+        prefix = self.settings.ha_prefix.rstrip("/")
+        node_id = _object_id(f"asd_{self.node}")
+        source_id = _object_id(sanitize_topic_part(source))
+        common = {
+            "availability_topic": self.availability_topic,
+            "payload_available": "online",
+            "payload_not_available": "offline",
+            "device": {
+                "identifiers": [node_id],
+                "name": f"asd-monitor {self.node}",
+                "manufacturer": "asd-monitor",
+                "model": "anomalous sound detector",
+            },
+        }
+        alarm = {
+            **common,
+            "name": f"{source} anomaly",
+            "unique_id": f"{node_id}_{source_id}_alarm",
+            "state_topic": self.topic(source, "alarm"),
+            "payload_on": "ON",
+            "payload_off": "OFF",
+            "device_class": "problem",
+        }
+        score = {
+            **common,
+            "name": f"{source} anomaly score",
+            "unique_id": f"{node_id}_{source_id}_score",
+            "state_topic": self.topic(source, "score"),
+            "value_template": "{{ value_json.score }}",
+            "json_attributes_topic": self.topic(source, "score"),
+            "state_class": "measurement",
+            "icon": "mdi:waveform",
+        }
+        return [
+            _Message(f"{prefix}/binary_sensor/{node_id}/{source_id}_alarm/config", _json(alarm), 1, True),
+            _Message(f"{prefix}/sensor/{node_id}/{source_id}_score/config", _json(score), 1, True),
+        ]
+
+    async def _publish_discovery(self, client: aiomqtt.Client) -> None:
+        for source in list(self._sources.values()):
+            for message in self._discovery_messages(source):
+                await self._send(client, message)
+
+    # ---- connection task ----------------------------------------------------------------------------------
+
+    def _client(self) -> aiomqtt.Client:
+        """A fresh client per connection attempt, so no stale in-flight state survives a reconnect."""
+        s = self.settings
+        tls_params = None
+        if s.use_tls:
+            tls_params = aiomqtt.TLSParameters(
+                ca_certs=s.tls.ca_file,
+                certfile=s.tls.cert_file,
+                keyfile=s.tls.key_file,
+                cert_reqs=ssl.CERT_NONE if s.tls.insecure else ssl.CERT_REQUIRED,
+            )
+        return aiomqtt.Client(
+            s.host,
+            s.port,
+            username=s.username,
+            password=s.password.get_secret_value() if s.password is not None else None,
+            identifier=s.client_id,
+            keepalive=s.keepalive,
+            will=aiomqtt.Will(self.availability_topic, b"offline", qos=1, retain=True),
+            tls_params=tls_params,
+            tls_insecure=s.tls.insecure if s.use_tls else None,
+            timeout=_ACK_TIMEOUT_S,
+            logger=log,
+        )
+
+    async def _run(self) -> None:
+        backoff = self.settings.reconnect_min
+        while True:
+            try:
+                async with self._client() as client:
+                    self.stats.connects += 1
+                    backoff = self.settings.reconnect_min
+                    log.info("MQTT sink connected to %s as node %r", self.settings.url, self.node)
+                    self._connected.set()
+                    await self._session(client)
+                    return
+            except (aiomqtt.MqttError, OSError) as exc:
+                self.stats.errors += 1
+                self._count_error(f"connection: {exc}")
+                log.warning("MQTT sink: broker %s unreachable or lost (%s); retrying in %.1f s",
+                            self.settings.url, exc, backoff)
+            finally:
+                self._connected.clear()
+            if self._closing.is_set():
+                return
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._closing.wait(), timeout=backoff)
+            backoff = min(backoff * 2, self.settings.reconnect_max)
+
+    async def _session(self, client: aiomqtt.Client) -> None:
+        """One connection's life: announce, then drain and listen until closing (returns) or a loss (raises)."""
+        if self.settings.ha_discovery:
+            await client.subscribe(f"{self.settings.ha_prefix.rstrip('/')}/status", qos=1)
+        await self._send(client, _Message(self.availability_topic, b"online", 1, True))
+        if self.settings.ha_discovery:
+            await self._publish_discovery(client)
+        drain = asyncio.create_task(self._drain(client))
+        listen = asyncio.create_task(self._listen(client))
+        try:
+            done, _ = await asyncio.wait((drain, listen), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in (drain, listen):
+                task.cancel()
+            await asyncio.gather(drain, listen, return_exceptions=True)
+        for task in done:
+            task.result()  # re-raise a connection loss so that _run reconnects
+        if drain not in done:
+            raise aiomqtt.MqttError("incoming message stream ended")
+
+    async def _drain(self, client: aiomqtt.Client) -> None:
+        while True:
+            while self._outbox:
+                message = self._outbox[0]
+                await self._send(client, message)
+                # The head stays queued until acknowledged; publish() may have dropped it meanwhile.
+                if self._outbox and self._outbox[0] is message:
+                    self._outbox.popleft()
+            if self._closing.is_set():
+                await self._send(client, _Message(self.availability_topic, b"offline", 1, True))
+                return
+            self._wakeup.clear()
+            await self._wakeup.wait()
+
+    async def _listen(self, client: aiomqtt.Client) -> None:
+        """Republish discovery when Home Assistant announces it has (re)started."""
+        async for message in client.messages:
+            if message.payload in (b"online", "online"):
+                log.info("Home Assistant is online: republishing discovery")
+                await self._publish_discovery(client)
+
+    async def _send(self, client: aiomqtt.Client, message: _Message) -> None:
+        await client.publish(message.topic, message.payload, qos=message.qos, retain=message.retain)
+        self.stats.published += 1
+
+
+def _json(data: dict[str, Any]) -> bytes:
+    return json.dumps(json_safe(data), separators=(",", ":"), allow_nan=False).encode()

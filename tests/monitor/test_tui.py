@@ -1,0 +1,90 @@
+"""The TUI sink renders its event-folded state without a terminal (Console(record=True))."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import io
+import re
+
+from rich.console import Console
+
+from monitor.events import AlarmEvent, CounterEvent, ScoreUpdate, SourceStatus
+from monitor.sinks.tui import SPARK_BLOCKS, SPARK_LENGTH, TuiSink, sparkline
+
+T0 = 1_700_000_000.0
+
+
+def render(sink: TuiSink) -> str:
+    console = Console(record=True, width=160, file=io.StringIO(), color_system=None)
+    console.print(sink.render())
+    return console.export_text()
+
+
+def row(text: str, source: str) -> str:
+    [line] = [line for line in text.splitlines() if f" {source} " in line]
+    return line
+
+
+def update(source: str, score: float, level: float = -20.0, lag: float = 0.1) -> ScoreUpdate:
+    return ScoreUpdate(source, "dcase_ae", score, 1.0, time=T0, level_dbfs=level, alarm_active=score >= 1.0,
+                       lag_seconds=lag)
+
+
+def test_rows_show_level_score_alarm_drops_and_status() -> None:
+    now = [T0]
+    sink = TuiSink(device="cuda:0 (H100)", clock=lambda: now[0])
+    sink.publish(SourceStatus("fan", "online", "capturing"))
+    sink.publish(update("fan", 0.42, level=-31.26))
+    sink.publish(SourceStatus("pump", "error", "device lost"))
+    sink.publish(update("pump", 1.7, lag=0.35))
+    sink.publish(AlarmEvent("new", "pump-1", "pump", "dcase_ae", 1.7, 1.9, 1.0, start_time=T0 - 5))
+    sink.publish(CounterEvent("dropped_blocks", "pump", amount=4))
+    sink.publish(CounterEvent("overflows", "pump", amount=2))
+    now[0] = T0 + 3725
+    text = render(sink)
+
+    fan, pump = row(text, "fan"), row(text, "pump")
+    assert "-31.3" in fan and "0.42 / 1" in fan and "ok" in fan and "0/0/0" in fan and "online" in fan
+    since = dt.datetime.fromtimestamp(T0 - 5).strftime("%H:%M:%S")
+    assert f"ALARM since {since}" in pump and "peak 1.9" in pump
+    assert "4/2/0" in pump and "error" in pump
+    header = text.splitlines()[0]
+    assert "dcase_ae" in header and "cuda:0 (H100)" in header and "0.35 s" in header and "1:02:05" in header
+
+    sink.publish(AlarmEvent("end", "pump-1", "pump", "dcase_ae", 0.4, 1.9, 1.0, start_time=T0 - 5, end_time=T0))
+    assert "ok (1 so far)" in row(render(sink), "pump")
+
+
+def test_sparkline_keeps_the_last_scores_and_marks_threshold() -> None:
+    sink = TuiSink()
+    for i in range(SPARK_LENGTH + 10):
+        sink.publish(update("fan", float(i)))
+    assert list(sink.sources["fan"].scores) == [float(i) for i in range(10, SPARK_LENGTH + 10)]
+
+    line = sparkline([0.0, 1.0, 3.0, 7.0], threshold=3.0)
+    assert line.plain == SPARK_BLOCKS[0] + SPARK_BLOCKS[1] + SPARK_BLOCKS[3] + SPARK_BLOCKS[7]
+    styles = [str(span.style) for span in line.spans]
+    assert styles == ["green", "green", "red", "red"]
+    assert sparkline([], 1.0).plain == ""
+
+
+def test_score_colour_follows_threshold() -> None:
+    sink = TuiSink()
+    for source, score in (("low", 0.2), ("near", 0.95), ("over", 1.3)):
+        sink.publish(update(source, score))
+    console = Console(record=True, width=160, file=io.StringIO(), color_system="standard", force_terminal=True)
+    console.print(sink.render())
+    text = console.export_text(styles=True)
+    for source, ansi, score in (("low", "32", "0.2"), ("near", "33", "0.95"), ("over", "1;31", "1.3")):
+        assert re.search(rf"\x1b\[{ansi}m\s*{re.escape(score)}\x1b", row(text, source)), source
+
+
+async def test_live_start_and_close_on_a_non_tty_console() -> None:
+    out = io.StringIO()
+    sink = TuiSink(console=Console(file=out, width=120, force_terminal=False), refresh_hz=50)
+    await sink.start()
+    sink.publish(update("valve", 0.3))
+    await asyncio.sleep(0.1)
+    await sink.close()
+    assert "valve" in out.getvalue()
