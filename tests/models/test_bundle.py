@@ -1,0 +1,202 @@
+"""Bundles: a faithful round trip, and a clear BundleError (never code execution) for every way one can be broken."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from models.bundle import BUNDLE_SCHEMA, BundleError, extract_features, load_bundle, save_bundle
+from models.detectors.dcase_ae import DcaseAE
+from models.features import LogMelConfig
+
+FEATURE = LogMelConfig(n_fft=256, hop_length=128, n_mels=16, context=2)
+SR = FEATURE.sample_rate
+
+
+def _wavs(n: int, seconds: float, seed: int) -> list[np.ndarray]:
+    rng = np.random.default_rng(seed)
+    t = np.arange(int(seconds * SR)) / SR
+    return [(0.3 * np.sin(2 * np.pi * rng.uniform(300, 400) * t) + 0.05 * rng.normal(size=t.size)).astype(np.float32)
+            for _ in range(n)]
+
+
+@pytest.fixture(scope="module")
+def detector() -> DcaseAE:
+    feats = extract_features(FEATURE, _wavs(6, 0.5, seed=0))
+    return DcaseAE(hidden=16, bottleneck=4, n_layers=1, epochs=2, batch_size=32, progress=False,
+                   num_threads=1).fit(feats)
+
+
+@pytest.fixture()
+def bundle_dir(tmp_path: Path, detector: DcaseAE) -> Path:
+    return save_bundle(
+        tmp_path / "bundle", detector, FEATURE, 0.75, {"method": "gamma", "q": 0.9, "n": 5}, "fan",
+        ["id_00", "id_02"], {"n_clips": 6}, window_seconds=5.0, hop_seconds=0.5, extra={"note": "test"},
+    )
+
+
+def _meta(d: Path) -> dict:
+    return json.loads((d / "bundle.json").read_text())
+
+
+def _edit_meta(d: Path, **changes) -> None:
+    meta = _meta(d)
+    meta.update(changes)
+    (d / "bundle.json").write_text(json.dumps(meta))
+
+
+def _replace_weights(d: Path, payload: bytes) -> None:
+    """Swap weights.pt and re-sign it, so the checks after the checksum are what is exercised."""
+    (d / "weights.pt").write_bytes(payload)
+    meta = _meta(d)
+    meta["weights"]["sha256"] = hashlib.sha256(payload).hexdigest()
+    (d / "bundle.json").write_text(json.dumps(meta))
+
+
+def _saved(obj) -> bytes:
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    return buf.getvalue()
+
+
+def test_round_trip_keeps_everything(bundle_dir: Path, detector: DcaseAE) -> None:
+    b = load_bundle(bundle_dir, device="cpu")
+    assert (b.name, b.machine, b.ids) == ("dcase_ae", "fan", ["id_00", "id_02"])
+    assert b.feature == FEATURE and b.sample_rate == SR
+    assert (b.threshold, b.threshold_method, b.window_seconds, b.hop_seconds) == (0.75, "gamma", 5.0, 0.5)
+    assert b.detector.get_params() == {**detector.get_params(), "device": "cpu"}
+    meta = b.meta
+    assert meta["schema"] == BUNDLE_SCHEMA and meta["training"] == {"n_clips": 6} and meta["extra"] == {"note": "test"}
+    assert meta["threshold"]["info"]["q"] == 0.9
+    assert set(meta["software"]) == {"asd-monitor", "torch", "numpy", "python"} and meta["created"]
+    wavs = _wavs(3, 0.5, seed=5) + _wavs(1, 0.8, seed=6)  # mixed lengths
+    expected = detector.score([FEATURE.extract(w) for w in wavs])
+    np.testing.assert_array_equal(b.score_wavs(wavs), expected)
+    np.testing.assert_array_equal(b.score_features([FEATURE.extract(w) for w in wavs]), expected)
+
+
+def test_weights_file_is_a_flat_tensor_dict(bundle_dir: Path, detector: DcaseAE) -> None:
+    state = torch.load(bundle_dir / "weights.pt", weights_only=True)
+    assert set(state) == set(detector.state_dict()) and all(isinstance(v, torch.Tensor) for v in state.values())
+
+
+def test_score_wavs_names_a_too_short_clip(bundle_dir: Path) -> None:
+    b = load_bundle(bundle_dir, device="cpu")
+    with pytest.raises(ValueError, match="clip 1: 100 samples is shorter than one feature vector"):
+        b.score_wavs(_wavs(1, 0.5, seed=1) + [np.zeros(100, dtype=np.float32)])
+
+
+def test_missing_directory_json_and_weights(tmp_path: Path, bundle_dir: Path) -> None:
+    with pytest.raises(BundleError, match="bundle directory not found"):
+        load_bundle(tmp_path / "nowhere")
+    (bundle_dir / "weights.pt").unlink()
+    with pytest.raises(BundleError, match="weights.pt: weights file missing"):
+        load_bundle(bundle_dir)
+    (bundle_dir / "bundle.json").unlink()
+    with pytest.raises(BundleError, match="bundle.json: missing"):
+        load_bundle(bundle_dir)
+
+
+def test_malformed_json(bundle_dir: Path) -> None:
+    (bundle_dir / "bundle.json").write_text('{"schema": 1, "model": ')
+    with pytest.raises(BundleError, match="malformed JSON"):
+        load_bundle(bundle_dir)
+    (bundle_dir / "bundle.json").write_text("[1, 2]")
+    with pytest.raises(BundleError, match="expected a JSON object"):
+        load_bundle(bundle_dir)
+
+
+@pytest.mark.parametrize("schema", [2, 0, None, "1"])
+def test_other_schema_version(bundle_dir: Path, schema) -> None:
+    _edit_meta(bundle_dir, schema=schema)
+    with pytest.raises(BundleError, match=f"bundle schema {schema!r}, this version reads schema 1"):
+        load_bundle(bundle_dir)
+
+
+def test_unknown_model_name(bundle_dir: Path) -> None:
+    _edit_meta(bundle_dir, model={"name": "mystery_net", "params": {}})
+    with pytest.raises(BundleError, match="unknown model 'mystery_net'.*dcase_ae"):
+        load_bundle(bundle_dir)
+
+
+def test_unknown_hyper_parameter(bundle_dir: Path) -> None:
+    meta = _meta(bundle_dir)
+    _edit_meta(bundle_dir, model={"name": "dcase_ae", "params": {**meta["model"]["params"], "dropout": 0.5}})
+    with pytest.raises(BundleError, match="unknown hyper-parameter.*dropout"):
+        load_bundle(bundle_dir)
+
+
+def test_missing_and_ill_typed_fields(bundle_dir: Path) -> None:
+    meta = _meta(bundle_dir)
+    del meta["threshold"]
+    (bundle_dir / "bundle.json").write_text(json.dumps(meta))
+    with pytest.raises(BundleError, match="missing field 'threshold.value'"):
+        load_bundle(bundle_dir)
+    _edit_meta(bundle_dir, threshold={"value": "high"})
+    with pytest.raises(BundleError, match="'threshold.value' has the wrong type"):
+        load_bundle(bundle_dir)
+    _edit_meta(bundle_dir, threshold={"value": 1.0}, sample_rate=44100)
+    with pytest.raises(BundleError, match="sample_rate 44100 differs"):
+        load_bundle(bundle_dir)
+
+
+def test_corrupted_weights_fail_the_checksum(bundle_dir: Path) -> None:
+    data = bytearray((bundle_dir / "weights.pt").read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    (bundle_dir / "weights.pt").write_bytes(bytes(data))
+    with pytest.raises(BundleError, match="checksum mismatch"):
+        load_bundle(bundle_dir)
+
+
+def test_unreadable_weights(bundle_dir: Path) -> None:
+    _replace_weights(bundle_dir, b"this is not a torch file")
+    with pytest.raises(BundleError, match="not a plain tensor file"):
+        load_bundle(bundle_dir)
+
+
+def test_missing_extra_and_misshapen_tensors(bundle_dir: Path, detector: DcaseAE) -> None:
+    state = detector.state_dict()
+    _replace_weights(bundle_dir, _saved({k: v for k, v in state.items() if k != "ae.net.0.weight"}))
+    with pytest.raises(BundleError, match=r"missing \['ae.net.0.weight'\]"):
+        load_bundle(bundle_dir)
+    _replace_weights(bundle_dir, _saved({**state, "ae.extra": torch.zeros(3)}))
+    with pytest.raises(BundleError, match=r"unexpected \['ae.extra'\]"):
+        load_bundle(bundle_dir)
+    _replace_weights(bundle_dir, _saved({**state, "ae.net.0.bias": torch.zeros(99)}))
+    with pytest.raises(BundleError, match=r"'ae.net.0.bias'\] has shape \(99,\)"):
+        load_bundle(bundle_dir)
+    _replace_weights(bundle_dir, _saved({"nested": {"a": torch.zeros(1)}}))
+    with pytest.raises(BundleError, match="flat dict"):
+        load_bundle(bundle_dir)
+
+
+class _Payload:
+    """Unpickling this would create a file: proof of code execution."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (self.marker,))
+
+
+def test_loading_never_unpickles_objects(bundle_dir: Path, detector: DcaseAE, tmp_path: Path) -> None:
+    marker = tmp_path / "executed"
+    _replace_weights(bundle_dir, _saved({**detector.state_dict(), "mean_": _Payload(marker)}))
+    with pytest.raises(BundleError, match="not a plain tensor file"):
+        load_bundle(bundle_dir)
+    assert not marker.exists()
+
+
+def test_save_refuses_non_json_metadata(tmp_path: Path, detector: DcaseAE) -> None:
+    with pytest.raises(BundleError, match="not plain JSON"):
+        save_bundle(tmp_path / "b", detector, FEATURE, 1.0, {"method": "fixed"}, "fan", [], {"when": object()})
+    with pytest.raises(BundleError, match="threshold must be finite"):
+        save_bundle(tmp_path / "b", detector, FEATURE, float("nan"), {"method": "fixed"}, "fan", [], {})
+    assert not (tmp_path / "b" / "bundle.json").exists()

@@ -1,0 +1,160 @@
+"""`asd-offline train` and `asd-offline models` end to end on a tiny DCASE-layout data set written here."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+import yaml
+
+from models.bundle import load_bundle
+from models.detectors import REGISTRY
+from models.features import feature_from_dict
+from offline.cli import main
+from offline.datasets.records import Clip
+from offline.train import train_bundle
+
+SR = 16000
+REPO = Path(__file__).resolve().parents[2]
+FAST = ["--epochs", "2", "--no-progress", "--device", "cpu"]
+
+
+def _tone(rng: np.random.Generator, seconds: float, anomaly: bool) -> np.ndarray:
+    t = np.arange(int(seconds * SR)) / SR
+    f0 = rng.uniform(180, 220)
+    x = sum(0.2 / k * np.sin(2 * np.pi * k * f0 * t) for k in range(1, 5)) + 0.02 * rng.normal(size=t.size)
+    if anomaly:  # bearing-like clicks
+        x[rng.integers(0, t.size, 40)] += 0.8
+    return np.clip(x, -1, 1).astype(np.float32)
+
+
+def write_dcase(root: Path, machine: str = "fan", ids: tuple[str, ...] = ("id_00", "id_02"), n_train: int = 8,
+                n_test: int = 2, seconds: float = 1.0) -> Path:
+    """DCASE 2020 layout: <machine>/{train,test}/{normal,anomaly}_id_XX_NNNNNNNN.wav, 16-bit PCM like the originals."""
+    rng = np.random.default_rng(0)
+    for split, labels in (("train", [("normal", n_train)]), ("test", [("normal", n_test), ("anomaly", n_test)])):
+        folder = root / machine / split
+        folder.mkdir(parents=True, exist_ok=True)
+        for mid in ids:
+            for label, n in labels:
+                for k in range(n):
+                    sf.write(folder / f"{label}_{mid}_{k:08d}.wav", _tone(rng, seconds, label == "anomaly"), SR,
+                             subtype="PCM_16")
+    return root
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_dcase(tmp_path_factory.mktemp("data"))
+
+
+def test_models_lists_registered_detectors(capsys: pytest.CaptureFixture) -> None:
+    assert main(["models"]) == 0
+    assert capsys.readouterr().out.splitlines() == sorted(REGISTRY)
+
+
+def test_train_writes_a_loadable_bundle(dataset: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    out = tmp_path / "fan_ae"
+    rc = main(["train", "--data", str(dataset), "--model", "dcase_ae", "--machine", "fan", "--out", str(out),
+               "--holdout", "0.25", *FAST])
+    assert rc == 0
+    assert f"wrote {out}" in capsys.readouterr().out
+    b = load_bundle(out, device="cpu")
+    assert (b.name, b.machine, b.ids, b.threshold_method) == ("dcase_ae", "fan", ["id_00", "id_02"], "gamma")
+    assert (b.window_seconds, b.hop_seconds) == (10.0, 1.0)
+    assert b.feature == feature_from_dict(REGISTRY["dcase_ae"].default_feature)
+    t = b.meta["training"]
+    assert (t["n_clips"], t["n_fit_clips"], t["n_holdout_clips"], t["threshold_scores"]) == (16, 12, 4, "holdout")
+    assert t["epochs_run"] == 2 and t["audio_seconds"] == pytest.approx(16.0)
+    assert t["n_vectors"] == 12 * b.feature.n_vectors(SR)
+    assert b.meta["threshold"]["info"]["n"] == 4
+    assert b.meta["model"]["params"]["epochs"] == 2
+    # the threshold sits among the held-out normal scores' range, as a 0.9 quantile should
+    assert t["score_stats"]["min"] < b.threshold < 2 * t["score_stats"]["max"]
+
+
+def test_train_one_id_with_config_and_percentile(dataset: Path, tmp_path: Path) -> None:
+    config = tmp_path / "small.yaml"
+    config.write_text(yaml.safe_dump({
+        "model": "dcase_ae",
+        "feature": {"n_mels": 32},
+        "params": {"hidden": 32, "bottleneck": 4, "epochs": 5, "num_threads": 1},
+        "window_seconds": 4, "hop_seconds": 0.5, "seed": 3,
+    }))
+    out = tmp_path / "b"
+    rc = main(["train", "--data", str(dataset), "--model", "dcase_ae", "--machine", "fan", "--id", "id_02",
+               "--config", str(config), "--out", str(out), "--threshold", "percentile:80", *FAST])
+    assert rc == 0
+    b = load_bundle(out, device="cpu")
+    assert b.ids == ["id_02"] and b.meta["training"]["n_clips"] == 8
+    assert b.feature.n_mels == 32 and b.feature.context == 5  # merged over the model's default
+    params = b.meta["model"]["params"]
+    assert (params["hidden"], params["bottleneck"], params["epochs"], params["seed"]) == (32, 4, 2, 3)  # flag wins
+    assert (b.window_seconds, b.hop_seconds, b.threshold_method) == (4.0, 0.5, "percentile")
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--model", "nope"], "unknown detector 'nope'"),
+        (["--machine", "pump"], "no clips of machine 'pump'"),
+        (["--id", "id_09"], r"id\(s\) \['id_09'\]; ids present: \['id_00', 'id_02'\]"),
+        (["--holdout", "0.1"], "gamma threshold needs at least 3 held-out clips"),
+        (["--threshold", "median"], "bad threshold spec"),
+        (["--holdout", "1.5"], r"holdout must be in \[0, 1\)"),
+    ],
+)
+def test_train_reports_bad_requests(dataset: Path, tmp_path: Path, capsys: pytest.CaptureFixture, extra: list,
+                                    message: str) -> None:
+    args = {"--model": "dcase_ae", "--machine": "fan"}
+    for flag, value in zip(extra[::2], extra[1::2]):
+        args[flag] = value
+    argv = ["train", "--data", str(dataset), "--out", str(tmp_path / "b"), *FAST]
+    argv += [x for kv in args.items() for x in kv]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "asd-offline train: error:" in err and re.search(message, err), err
+    assert not (tmp_path / "b").exists()
+
+
+def test_config_errors(dataset: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("params: {epochs: 1}\nlearning_rate: 0.1\n")
+    argv = ["train", "--data", str(dataset), "--model", "dcase_ae", "--machine", "fan", "--out", str(tmp_path / "b")]
+    assert main([*argv, "--config", str(bad)]) == 2
+    assert "unknown key(s) ['learning_rate']" in capsys.readouterr().err
+    bad.write_text("model: other_model\n")
+    assert main([*argv, "--config", str(bad)]) == 2
+    assert "config is for model 'other_model'" in capsys.readouterr().err
+    bad.write_text("params: {seed: 4}\n")
+    assert main([*argv, "--config", str(bad)]) == 2
+    assert "set `seed` at the top level" in capsys.readouterr().err
+    bad.write_text("params: {dropout: 0.2}\n")
+    assert main([*argv, "--config", str(bad)]) == 2
+    assert "unknown hyper-parameter(s) ['dropout']" in capsys.readouterr().err
+
+
+def test_shipped_config_states_the_code_defaults() -> None:
+    config = yaml.safe_load((REPO / "configs" / "dcase_ae.yaml").read_text())
+    cls = REGISTRY[config["model"]]
+    assert feature_from_dict(config["feature"]) == feature_from_dict(cls.default_feature)
+    defaults = cls().get_params()
+    assert {k: defaults[k] for k in config["params"]} == config["params"]
+
+
+def test_train_bundle_api_with_holdout_zero(dataset: Path, tmp_path: Path) -> None:
+    """The monitor's demo calls this directly with a handful of clips and tiny epochs."""
+    from offline.datasets.index import load_clips
+
+    clips: list[Clip] = load_clips(dataset, machine="fan")
+    out = train_bundle(clips, "dcase_ae", "fan", tmp_path / "demo",
+                       {"params": {"epochs": 1, "num_threads": 1}, "holdout": 0}, device="cpu", progress=False)
+    b = load_bundle(out, device="cpu")
+    t = b.meta["training"]
+    assert (t["n_fit_clips"], t["n_holdout_clips"], t["threshold_scores"]) == (16, 0, "training")
+    assert b.meta["model"]["params"]["device"] == "cpu" and b.meta["model"]["params"]["progress"] is False
+    assert json.loads((out / "bundle.json").read_text())["extra"]["config"]["holdout"] == 0
