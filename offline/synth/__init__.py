@@ -8,7 +8,7 @@ Layout: `OUT/<machine>/train/normal_id_XX_NNNNNNNN.wav` and `OUT/<machine>/test/
 (split, label, id). Clip counts are per id; test clips are half anomalous. `OUT/synth.json` records the settings,
 the fault strength table and the fault kind of every anomalous clip.
 
-Sound model (`voices`): per type and id a *character* (shaft speed and harmonic amplitudes, speed jitter, flow-
+Sound model (`models.synth.voices`): per type and id a *character* (shaft speed and harmonic amplitudes, speed jitter, flow-
 noise colour and pulsation, stroke period/duration/click resonances, gear ratio and mesh, belt ticks, the
 factory background), per clip a *realisation* (operating point +-1-2 % speed, +-1 dB levels, new noise).
 - fan, pump: shaft harmonics with blade/vane-pass harmonics, slow frequency-modulated speed jitter (continuous
@@ -55,14 +55,14 @@ import time
 from pathlib import Path
 from typing import Any
 
-from offline.synth.catalog import ALL_MACHINES, ANOMALIES, MACHINES
+from models.synth.catalog import ALL_MACHINES, ANOMALIES, MACHINES
 
 # scipy.signal takes ~0.7 s to import; `asd-offline` builds every subcommand's parser, so the generator itself is
 # imported on first use.
 _LAZY = {
-    "LEVEL": "offline.synth.voices",
-    "STRENGTH": "offline.synth.voices",
-    "MachineVoice": "offline.synth.voices",
+    "LEVEL": "models.synth.voices",
+    "STRENGTH": "models.synth.voices",
+    "MachineVoice": "models.synth.voices",
     "machine_ids": "offline.synth.dataset",
     "plan": "offline.synth.dataset",
     "resolve_machines": "offline.synth.dataset",

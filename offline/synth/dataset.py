@@ -16,9 +16,9 @@ from typing import Mapping, Sequence
 import numpy as np
 import soundfile as sf
 
-from offline.synth.catalog import ALL_MACHINES, ANOMALIES
-from offline.synth.dsp import rng_for
-from offline.synth.voices import STRENGTH, MachineVoice
+from models.synth.catalog import ALL_MACHINES, ANOMALIES
+from models.synth.dsp import rng_for
+from models.synth.voices import STRENGTH, MachineVoice
 
 log = logging.getLogger(__name__)
 

@@ -14,6 +14,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import threading
 import time
 import urllib.error
@@ -26,6 +27,7 @@ from typing import Any, Callable, Iterator
 import pytest
 
 from tests.conftest import skip_or_fail
+from tests.helpers import make_tiny_bundle
 
 STARTUP_TIMEOUT_S = 15.0
 
@@ -430,3 +432,55 @@ def prometheus_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Call
     yield make
     for server in servers:
         server.stop()
+
+
+# --- the daemon as a subprocess (used by test_daemon_*.py) ---
+
+ROOT = Path(__file__).resolve().parents[2]
+NODE = "itest"
+BASE = f"asd/{NODE}"
+EVENT_FIELDS = {"schema", "type", "id", "source", "model", "score", "peak_score", "threshold", "start_time",
+                "end_time"}
+# k=3 of 5 quarter-second windows raise; 1 s below 0.9 x threshold clears
+ALARM_CONFIG = "alarms:\n  k: 3\n  n: 5\n  hold_seconds: 1.0\n  cooldown_seconds: 60\n"
+
+
+@pytest.fixture(scope="module")
+def bundle_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_tiny_bundle(tmp_path_factory.mktemp("daemon") / "bundle")
+
+
+@dataclass
+class DaemonProcess:
+    proc: subprocess.Popen[bytes]
+    log: Path
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def wait(self, timeout: float = 60.0) -> int:
+        try:
+            return self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            raise AssertionError(f"daemon still running after {timeout} s; output:\n{self.output()[-3000:]}")
+
+
+def start_daemon(tmp_path: Path, *args: str, config: str = "", env: dict[str, str] | None = None) -> DaemonProcess:
+    """`python -m monitor.cli --no-tui --node itest --config <tmp> ARGS`, output to a log file."""
+    cfg = tmp_path / f"monitor-{len(list(tmp_path.glob('monitor-*.yaml')))}.yaml"
+    cfg.write_text(config)
+    log = cfg.with_suffix(".log")
+    with log.open("wb") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "monitor.cli", "--no-tui", "--node", NODE, "--config", str(cfg),
+                                 "-v", *args], cwd=ROOT, stdout=out, stderr=subprocess.STDOUT,
+                                env={**(env or os.environ), "PYTHONUNBUFFERED": "1"})
+    return DaemonProcess(proc, log)
+
+
+@pytest.fixture
+def daemons():
+    """Daemons started by a test are stopped (by PID) at its end, whatever happened."""
+    started: list[DaemonProcess] = []
+    yield started
+    for d in started:
+        stop_process(d.proc)

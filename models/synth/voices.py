@@ -23,8 +23,8 @@ from typing import Mapping, Protocol
 
 import numpy as np
 
-from offline.synth.catalog import ALL_MACHINES, ANOMALIES
-from offline.synth.dsp import (
+from models.synth.catalog import ALL_MACHINES, ANOMALIES
+from models.synth.dsp import (
     EventClock,
     Filter,
     Gate,

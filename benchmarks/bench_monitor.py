@@ -1,0 +1,260 @@
+"""How many 16 kHz streams the monitor keeps in real time on this machine, with the DCASE AE bundle (10 s windows,
+1 s hop), MQTT (a real mosquitto) and Prometheus on.
+
+Each load level runs the real daemon in a fresh subprocess (so its memory is its own): N looping wav replays paced
+at real time, for a warm-up and then a measured period. A level is *real time* when the p99 lag (wall clock when
+a window was scored minus when its last audio was due) stays below one hop and at least 95 % of the expected
+windows were scored. Reported per level: lag and per-tick compute latency p50/p99, windows scored, peak RSS;
+then the largest real-time N found by doubling and bisection, and the memory per stream.
+
+    python benchmarks/bench_monitor.py                       # full run -> benchmarks/results/monitor_cpu.json
+    python benchmarks/bench_monitor.py --levels 10 --seconds 10 --no-search   # a quick check
+
+Run it on an otherwise idle machine (`uptime`): other load shows up as lag.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import resource
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from benchmarks.common import write_result  # noqa: E402
+
+HOP_SECONDS = 1.0
+WINDOW_SECONDS = 10.0
+SAMPLE_RATE = 16000
+MACHINES = ("fan", "pump", "valve")
+
+
+def prepare(work: Path, seconds: float) -> tuple[Path, list[Path]]:
+    """A DCASE AE bundle (quick training: its speed, not its accuracy, is measured) and three wavs long enough for
+    a whole level (a looping replay restarts its features at each loop, which would leave windows unscored)."""
+    import soundfile as sf
+
+    from models.bundle import extract_features, save_bundle
+    from models.detectors import get_detector
+    from models.features import feature_from_dict
+    from models.synth.voices import MachineVoice
+
+    det_cls = get_detector("dcase_ae")
+    feature = feature_from_dict(det_cls.default_feature)
+    wavs, clips = [], []
+    for m in MACHINES:
+        voice = MachineVoice(m, 0, SAMPLE_RATE, seed=0)
+        x = voice.generate(int(seconds * SAMPLE_RATE))
+        path = work / f"{m}.wav"
+        sf.write(path, x, SAMPLE_RATE, subtype="PCM_16")
+        wavs.append(path)
+        clips.append(x[: 10 * SAMPLE_RATE])
+    det = det_cls(**{**det_cls.quick_params, "device": "cpu"}).fit(extract_features(feature, clips))
+    bundle = save_bundle(work / "bundle", det, feature, 1e9, {"method": "fixed"}, "mixed", ["00"],
+                         {"clips": len(clips)}, window_seconds=WINDOW_SECONDS, hop_seconds=HOP_SECONDS)
+    return bundle, wavs
+
+
+def start_mosquitto(work: Path) -> tuple[subprocess.Popen[bytes] | None, str | None]:
+    binary = shutil.which("mosquitto")
+    if binary is None:
+        return None, None
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    conf = work / "mosquitto.conf"
+    conf.write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n")
+    proc = subprocess.Popen([binary, "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            return proc, f"mqtt://127.0.0.1:{port}"
+        except OSError:
+            time.sleep(0.05)
+    proc.terminate()
+    raise RuntimeError("mosquitto did not start")
+
+
+class Recorder:
+    """A sink that keeps what the benchmark measures (lag, tick latency, drops), after the warm-up."""
+
+    name = "bench"
+
+    def __init__(self, warmup_until: float) -> None:
+        self.warmup_until = warmup_until
+        self.lags: list[float] = []
+        self.ticks: list[float] = []
+        self.windows = 0
+        self.dropped = 0
+
+    async def start(self) -> None:
+        return None
+
+    def publish(self, event: Any) -> None:
+        from monitor.events import CounterEvent, ScoreUpdate
+
+        if isinstance(event, ScoreUpdate) and time.time() >= self.warmup_until:
+            self.windows += 1
+            self.lags.append(event.lag_seconds)
+            self.ticks.append(event.inference_seconds)
+        elif isinstance(event, CounterEvent) and event.name == "dropped_blocks":
+            self.dropped += event.amount
+
+    async def close(self) -> None:
+        return None
+
+
+def one_level(n: int, bundle: Path, wavs: list[Path], mqtt: str | None, warmup: float, seconds: float) -> dict:
+    """Run the daemon with `n` streams in this process; returns the measurements of the measured period."""
+    from monitor.config import parse_config
+    from monitor.daemon import Daemon
+
+    sinks: dict[str, Any] = {"tui": {"enabled": False}, "prometheus": {"enabled": True, "port": 0}}
+    if mqtt:
+        sinks["mqtt"] = {"url": mqtt, "outbox_size": 100000}
+    cfg = parse_config({
+        "node": "bench",
+        "bundle": str(bundle),
+        "sources": [{"name": f"s{i}", "replay": [str(wavs[i % len(wavs)])]} for i in range(n)],
+        "pipeline": {"device": "cpu", "block_seconds": 0.25, "queue_blocks": 64},
+        "replay": {"speed": 1.0, "duration_seconds": WINDOW_SECONDS + warmup + seconds},
+        "sinks": sinks,
+    })
+    t0 = time.time()
+    recorder = Recorder(t0 + warmup + WINDOW_SECONDS)  # the first windows need a full window of audio
+    daemon = Daemon(cfg, sinks=[recorder], tui=False)
+    asyncio.run(daemon.run())
+    measured = seconds
+    lags, ticks = np.array(recorder.lags or [np.nan]), np.array(recorder.ticks or [np.nan])
+    expected = n * (int(measured / HOP_SECONDS) + 1)  # a window at each end of the measured period
+    return {
+        "streams": n,
+        "measured_seconds": round(measured, 1),
+        "windows_scored": recorder.windows,
+        "windows_expected": int(expected),
+        "lag_p50_s": float(np.percentile(lags, 50)),
+        "lag_p99_s": float(np.percentile(lags, 99)),
+        "tick_latency_p50_s": float(np.percentile(ticks, 50)),
+        "tick_latency_p99_s": float(np.percentile(ticks, 99)),
+        "dropped_blocks": recorder.dropped,
+        "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+    }
+
+
+def run_level(n: int, args: argparse.Namespace, bundle: Path, wavs: list[Path], mqtt: str | None) -> dict:
+    """One level in a fresh interpreter, so peak RSS belongs to that level alone."""
+    cmd = [sys.executable, __file__, "--one-level", str(n), "--bundle", str(bundle), "--wavs", *map(str, wavs),
+           "--warmup", str(args.warmup), "--seconds", str(args.seconds)] + (["--mqtt", mqtt] if mqtt else [])
+    timeout = WINDOW_SECONDS + args.warmup + args.seconds + 600
+    out = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=timeout)
+    if out.returncode != 0:
+        raise RuntimeError(f"level {n} failed:\n{out.stderr[-3000:]}")
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    result["real_time"] = bool(result["lag_p99_s"] < HOP_SECONDS
+                               and result["windows_scored"] >= 0.95 * result["windows_expected"])
+    print(f"  {n:5d} streams: lag p50 {result['lag_p50_s']*1e3:7.1f} ms, p99 {result['lag_p99_s']*1e3:7.1f} ms, "
+          f"tick p99 {result['tick_latency_p99_s']*1e3:6.1f} ms, windows {result['windows_scored']}/"
+          f"{result['windows_expected']}, RSS {result['peak_rss_mib']:.0f} MiB -> "
+          f"{'real time' if result['real_time'] else 'FALLS BEHIND'}", flush=True)
+    return result
+
+
+def search_max(args: argparse.Namespace, run: Any, results: dict[int, dict]) -> int:
+    """Double from the largest real-time level until one falls behind, then bisect to ~10 %."""
+    ok = max([n for n, r in results.items() if r["real_time"]], default=0)
+    bad = min([n for n, r in results.items() if not r["real_time"]], default=None)
+    while bad is None and ok < args.max_streams:
+        n = min(max(2 * ok, 100), args.max_streams)
+        results[n] = run(n)
+        ok, bad = (n, None) if results[n]["real_time"] else (ok, n)
+        if n == args.max_streams:
+            break
+    while bad is not None and bad - ok > max(10, ok // 10):
+        n = (ok + bad) // 2
+        results[n] = run(n)
+        ok, bad = (n, bad) if results[n]["real_time"] else (ok, n)
+    return ok
+
+
+def memory_per_stream(levels: list[dict]) -> float | None:
+    """Peak RSS growth per stream from the smallest to the largest real-time level (a level that falls behind
+    also holds its backlog, which is not what a stream costs)."""
+    ok = [r for r in levels if r.get("real_time")]
+    if len(ok) < 2:
+        return None
+    lo, hi = ok[0], ok[-1]
+    return (hi["peak_rss_mib"] - lo["peak_rss_mib"]) / (hi["streams"] - lo["streams"])
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--levels", default="10,100", help="stream counts always measured (comma-separated)")
+    p.add_argument("--no-search", action="store_true", help="skip the search for the largest real-time count")
+    p.add_argument("--max-streams", type=int, default=3200)
+    p.add_argument("--warmup", type=float, default=5.0, help="seconds before measuring (after the first window)")
+    p.add_argument("--seconds", type=float, default=20.0, help="measured seconds per level")
+    p.add_argument("--out", type=Path, default=None, help="results folder (default benchmarks/results)")
+    p.add_argument("--one-level", type=int, help=argparse.SUPPRESS)
+    p.add_argument("--bundle", type=Path, help=argparse.SUPPRESS)
+    p.add_argument("--wavs", nargs="*", type=Path, help=argparse.SUPPRESS)
+    p.add_argument("--mqtt", help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+
+    if args.one_level is not None:  # the child: one level, JSON on the last line of stdout
+        print(json.dumps(one_level(args.one_level, args.bundle, args.wavs, args.mqtt, args.warmup, args.seconds)))
+        return 0
+
+    load_at_start = os.getloadavg()
+    print(f"load average {load_at_start} on {os.cpu_count()} cores", flush=True)
+    with tempfile.TemporaryDirectory(prefix="bench-monitor-") as tmp:
+        work = Path(tmp)
+        bundle, wavs = prepare(work, WINDOW_SECONDS + args.warmup + args.seconds + 5)
+        broker, mqtt = start_mosquitto(work)
+        try:
+            results: dict[int, dict] = {}
+
+            def run(n: int) -> dict:
+                return run_level(n, args, bundle, wavs, mqtt)
+
+            for n in [int(x) for x in args.levels.split(",") if x]:
+                results[n] = run(n)
+            best = None if args.no_search else search_max(args, run, results)
+        finally:
+            if broker is not None:
+                broker.terminate()
+                broker.wait(timeout=10)
+    levels = [results[n] for n in sorted(results)]
+    per_stream = memory_per_stream(levels)
+    result = {
+        "settings": {"sample_rate": SAMPLE_RATE, "window_seconds": WINDOW_SECONDS, "hop_seconds": HOP_SECONDS,
+                     "model": "dcase_ae", "block_seconds": 0.25, "warmup_seconds": args.warmup,
+                     "measured_seconds": args.seconds, "mqtt": bool(mqtt), "prometheus": True,
+                     "load_average_at_start": load_at_start, "load_average_at_end": os.getloadavg()},
+        "max_real_time_streams": best,
+        "memory_per_stream_mib": per_stream,
+        "levels": levels,
+        "targets": {"max_real_time_streams": ">= 500", "lag_p99_at_100_streams_s": "< 0.1",
+                    "memory_per_stream_mib": "< 2"},
+    }
+    path = write_result("monitor_cpu", result, args.out)
+    print(f"max real-time streams: {best}; memory per stream: {per_stream} MiB -> {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,422 @@
+"""Streaming scoring: audio blocks of all sources -> features -> batched scores -> windows -> alarms.
+
+Per bundle, all its sources share one `LogMelBatchStream`, so every tick computes the new frames of all streams in
+one FFT + matmul. A frame-level detector then scores every new vector exactly once, in one `score_vectors` call
+for all sources, and a window score is the mean of the last W vector scores (windows overlap; vectors are not
+re-scored). Other detectors keep the last W feature vectors per source and score all ready windows in one
+`score_features` call.
+
+The numeric work of a tick runs in a worker thread (`asyncio.to_thread`); the event loop only moves blocks and
+events, so capture callbacks and sinks stay responsive while a tick computes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Protocol
+
+import numpy as np
+import torch
+
+from monitor.alarms import AlarmPolicy, AlarmTracker, uuid_ids
+from monitor.events import AlarmEvent, CounterEvent, Event, ScoreUpdate, SourceStatus
+from monitor.sources import AudioBlock, Source
+
+log = logging.getLogger(__name__)
+
+CLIP_LEVEL = 0.999  # |sample| at or above this counts as clipped
+# Audio per source taken into one tick. A pipeline that fell behind would otherwise take everything queued at once:
+# a tick over tens of seconds of hundreds of streams needs gigabytes of temporaries and runs slower per second of
+# audio than small ticks, so it falls further behind. Bounded ticks keep memory flat and catch up.
+MAX_TICK_SECONDS = 1.0
+
+
+class BundleLike(Protocol):
+    """What the pipeline needs from `models.bundle.Bundle`."""
+
+    name: str
+    sample_rate: int
+    threshold: float
+    window_seconds: float
+    hop_seconds: float
+    feature: Any
+    detector: Any
+
+    def score_features(self, clips: list[torch.Tensor]) -> np.ndarray: ...
+
+
+class StreamResampler:
+    """`scipy.signal.resample_poly` computed block by block: the output equals resampling the whole stream at once
+    (except the last few samples, which wait for more input). Needed because resampling each block on its own
+    would put filter edge effects at every block boundary."""
+
+    def __init__(self, rate_in: int, rate_out: int) -> None:
+        from scipy.signal import firwin
+
+        g = math.gcd(rate_in, rate_out)
+        self.up, self.down = rate_out // g, rate_in // g
+        max_rate = max(self.up, self.down)
+        half_len = 10 * max_rate  # resample_poly's default filter design
+        h = firwin(2 * half_len + 1, 1.0 / max_rate, window=("kaiser", 5.0)) * self.up
+        pre_pad = self.down - half_len % self.down
+        self.h = np.concatenate([np.zeros(pre_pad), h])
+        self.r = (half_len + pre_pad) // self.down  # output samples resample_poly drops for the filter delay
+        self.reset()
+
+    def reset(self) -> None:
+        self._buf = np.zeros(0, dtype=np.float64)
+        self._start = 0  # absolute input index of _buf[0]; always a multiple of `down`
+        self._next = 0  # next absolute output index to produce
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        from scipy.signal import upfirdn
+
+        self._buf = np.concatenate([self._buf, np.asarray(x, dtype=np.float64)])
+        n = self._start + self._buf.size
+        last = ((n - 1) * self.up) // self.down - self.r  # last output whose inputs have all arrived
+        if last < self._next:
+            return np.zeros(0, dtype=np.float32)
+        shift = self._start * self.up // self.down
+        y = upfirdn(self.h, self._buf, self.up, self.down)
+        out = y[self._next + self.r - shift : last + self.r - shift + 1].astype(np.float32)
+        self._next = last + 1
+        # keep only the inputs the next output still needs (from a multiple of `down`)
+        need = ((self._next + self.r) * self.down - self.h.size) // self.up + 1
+        keep_from = max(0, need - need % self.down if need > 0 else 0)
+        if keep_from > self._start:
+            self._buf = self._buf[keep_from - self._start :]
+            self._start = keep_from
+        return out
+
+
+@dataclass
+class _Slot:
+    """One source inside the pipeline."""
+
+    source: Source
+    index: int  # stream index in the group's batch stream
+    tracker: AlarmTracker
+    resampler: StreamResampler | None = None
+    ring: np.ndarray | torch.Tensor | None = None  # last W vector scores (frame level) or vectors
+    since_emit: int | None = None  # vectors since the last emitted window (None: none since the last reset)
+    tail: int = 0  # samples after the newest vector's end (to time-stamp windows)
+    state: str | None = None  # the source's state as this tick has left it (statuses are applied on the loop)
+    last_time: float = 0.0
+    last_arrival: float = 0.0
+    sumsq: float = 0.0  # level and clipping of the audio since the last emitted window
+    n_level: int = 0
+    n_clipped: int = 0
+    level: float = float("-inf")
+    clipped: float = 0.0
+    ended: bool = False
+
+
+@dataclass
+class _Group:
+    """The sources scored by one bundle."""
+
+    bundle: BundleLike
+    stream: Any  # LogMelBatchStream
+    window: int  # W: vectors per window
+    hop: int  # H: vectors per hop
+    slots: list[_Slot] = field(default_factory=list)
+
+
+@dataclass
+class _Run:
+    """Contiguous samples of one source within a tick (a new run starts at a gap or a rate change)."""
+
+    gap: bool  # the audio before this run is not contiguous with it
+    samples: np.ndarray
+    rate: int
+    end_time: float  # audio clock at the run's last sample
+    arrival: float  # wall clock when its last block arrived
+
+
+class Pipeline:
+    """Owns the slots of all sources; `process(...)` is one synchronous tick, `run()` the loop around it."""
+
+    def __init__(
+        self,
+        emit: Callable[[Event], None],
+        policy: AlarmPolicy | None = None,
+        device: str | torch.device = "cpu",
+        silence_dbfs: float = -70.0,
+        clipping_fraction: float = 0.01,
+        new_id: Callable[[], str] = uuid_ids,
+    ) -> None:
+        self.emit = emit
+        self.policy = policy or AlarmPolicy()
+        self.device = device
+        self.silence_dbfs = silence_dbfs
+        self.clipping_fraction = clipping_fraction
+        self.new_id = new_id
+        self._groups: dict[tuple[int, float, float], _Group] = {}
+        self._slots: dict[str, tuple[_Group, _Slot]] = {}
+        self.wake = asyncio.Event()
+
+    # -- set-up ------------------------------------------------------------------------------------------------------
+
+    def add_source(
+        self,
+        source: Source,
+        bundle: BundleLike,
+        threshold: float | None = None,
+        window_seconds: float | None = None,
+        hop_seconds: float | None = None,
+    ) -> None:
+        """Score `source` with `bundle`; sources with the same bundle object (and window) are batched together."""
+        if source.name in self._slots:
+            raise ValueError(f"duplicate source name {source.name!r}")
+        window_s = window_seconds or bundle.window_seconds
+        hop_s = hop_seconds or bundle.hop_seconds
+        cfg = bundle.feature
+        key = (id(bundle), window_s, hop_s)
+        group = self._groups.get(key)
+        if group is None:
+            window = cfg.n_vectors(int(round(window_s * bundle.sample_rate)))
+            if window < 1:
+                raise ValueError(f"window of {window_s} s is shorter than one feature vector of {bundle.name}")
+            hop = max(1, int(round(hop_s * bundle.sample_rate / cfg.hop_length)))
+            group = _Group(bundle, cfg.batch_stream(0, self.device), window, hop)
+            self._groups[key] = group
+        thr = float(bundle.threshold if threshold is None else threshold)
+        tracker = AlarmTracker(source.name, bundle.name, thr, self.policy, self.new_id)
+        slot = _Slot(source, group.stream.add_stream(), tracker)
+        group.slots.append(slot)
+        self._slots[source.name] = (group, slot)
+        source.queue.wake = self.wake
+
+    @property
+    def models(self) -> list[str]:
+        """Names of the bundles in use (for sink labels)."""
+        return sorted({g.bundle.name for g in self._groups.values()})
+
+    # -- the loop ----------------------------------------------------------------------------------------------------
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Tick until `stop` is set or every source has ended (each ended source's alarm is closed as it ends)."""
+        while not stop.is_set():
+            waiter = asyncio.ensure_future(self.wake.wait())
+            stopper = asyncio.ensure_future(stop.wait())
+            await asyncio.wait({waiter, stopper}, return_when=asyncio.FIRST_COMPLETED)
+            waiter.cancel()
+            stopper.cancel()
+            self.wake.clear()
+            live = [(name, slot.source.queue) for name, (_, slot) in self._slots.items() if not slot.ended]
+            drained = {name: queue.drain(MAX_TICK_SECONDS) for name, queue in live}
+            ended = [name for name, queue in live if queue.ended and not len(queue)]
+            if any(len(queue) for _, queue in live):
+                self.wake.set()  # more is queued than one tick takes: the next tick starts at once
+            if any(drained.values()):
+                self._publish(await asyncio.to_thread(self.process, drained))
+            for name in ended:
+                self._publish(self.end_source(name, "end of input"))
+            if all(slot.ended for _, slot in self._slots.values()):
+                return
+
+    def close(self) -> None:
+        """End every open alarm (shutdown)."""
+        for _, slot in self._slots.values():
+            if not slot.ended:
+                self._publish(slot.tracker.close(slot.last_time or time.time()))
+
+    def end_source(self, name: str, detail: str) -> list[Event]:
+        _, slot = self._slots[name]
+        slot.ended = True
+        events: list[Event] = list(slot.tracker.close(slot.last_time or time.time()))
+        events.append(SourceStatus(name, "ended", detail, time.time()))
+        return events
+
+    def _publish(self, events: list[Event]) -> None:
+        for ev in events:
+            if isinstance(ev, SourceStatus):
+                _, slot = self._slots[ev.source]
+                slot.source.set_state(ev.state, ev.detail)  # dedupes, then emits
+            else:
+                self.emit(ev)
+
+    # -- one tick (worker thread) ------------------------------------------------------------------------------------
+
+    def process(self, drained: dict[str, list[AudioBlock]]) -> list[Event]:
+        """Feature-extract and score everything that arrived; returns the events in order."""
+        events: list[Event] = []
+        with torch.inference_mode():
+            for group in self._groups.values():
+                work = {
+                    slot.index: (slot, _runs(drained[slot.source.name]))
+                    for slot in group.slots
+                    if drained.get(slot.source.name)
+                }
+                if work:
+                    events += self._process_group(group, work)
+        return events
+
+    def _process_group(self, group: _Group, work: dict[int, tuple[_Slot, list[_Run]]]) -> list[Event]:
+        """Usually one round; a gap inside the drained blocks splits a source's audio into rounds so that the
+        audio before the gap is scored in its own context before the stream restarts."""
+        events: list[Event] = []
+        for slot, _ in work.values():
+            slot.state = slot.source.state
+        for r in range(max(len(runs) for _, runs in work.values())):
+            t0 = time.perf_counter()
+            chunks: list[np.ndarray | None] = [None] * len(group.stream)
+            for i, (slot, runs) in work.items():
+                if r < len(runs):
+                    chunks[i] = self._prepare(group, slot, runs[r], events)
+            if all(c is None for c in chunks):
+                continue
+            vectors = {i: v for i, v in enumerate(group.stream.accept(chunks)) if v.shape[0]}
+            cfg = group.bundle.feature
+            for i in vectors:  # samples between the end of the newest vector's last frame and the end of the audio
+                work[i][0].tail = group.stream.pending_samples(i) + cfg.hop_length - cfg.n_fft
+            windows = self._score(group, vectors, work)
+            inference = time.perf_counter() - t0
+            now = time.time()
+            for slot, score, after in windows:
+                events += self._window_events(group, slot, score, after, inference, now)
+        return events
+
+    def _prepare(self, group: _Group, slot: _Slot, run: _Run, events: list[Event]) -> np.ndarray | None:
+        """Gap handling, resampling, NaN checks and level accounting for one contiguous run of one slot."""
+        target = group.bundle.sample_rate
+        samples = run.samples
+        if run.gap:
+            self._reset(group, slot)
+        if run.rate != target:
+            if slot.resampler is None or (slot.resampler.down, slot.resampler.up) != _ratio(run.rate, target):
+                slot.resampler = StreamResampler(run.rate, target)
+                self._reset(group, slot)
+            samples = slot.resampler(samples)
+        if not np.isfinite(samples).all():
+            bad = int(np.count_nonzero(~np.isfinite(samples)))
+            detail = f"{bad} NaN/inf samples in the input: feature stream restarted"
+            events.append(CounterEvent("input_errors", slot.source.name, 1, detail))
+            events.append(SourceStatus(slot.source.name, "error", detail, time.time()))
+            slot.state = "error"
+            self._reset(group, slot)
+            return None
+        slot.last_time = run.end_time
+        slot.last_arrival = run.arrival
+        # not np.dot: above a few thousand elements it wakes the BLAS thread pool, which costs milliseconds per call
+        # while torch's threads hold the cores
+        slot.sumsq += float(np.square(samples, dtype=np.float64).sum())
+        slot.n_level += samples.size
+        slot.n_clipped += int(np.count_nonzero(np.abs(samples) >= CLIP_LEVEL))
+        return samples
+
+    @staticmethod
+    def _reset(group: _Group, slot: _Slot) -> None:
+        """Restart the slot's stream after a gap: no frame or window straddles it."""
+        group.stream.reset(slot.index)
+        if slot.resampler is not None:
+            slot.resampler.reset()
+        slot.ring = None
+        slot.since_emit = None
+
+    def _score(
+        self, group: _Group, vectors: dict[int, torch.Tensor], work: dict[int, tuple[_Slot, list[_Run]]]
+    ) -> list[tuple[_Slot, float, int]]:
+        """(slot, window score, vectors after the window's end) for every window completed by `vectors`."""
+        if not vectors:
+            return []
+        det = group.bundle.detector
+        order = sorted(vectors)
+        if det.frame_level:
+            # every new vector of every source of this bundle in one call; each vector is scored exactly once
+            scores = det.score_vectors(torch.cat([vectors[i] for i in order])).double().cpu().numpy()
+            out: list[tuple[_Slot, float, int]] = []
+            offset = 0
+            for i in order:
+                k = vectors[i].shape[0]
+                slot, new = work[i][0], scores[offset : offset + k]
+                offset += k
+                hist, ends = self._advance(slot, new, group, np.concatenate)
+                csum = np.concatenate([[0.0], np.cumsum(hist)])
+                out += [(slot, float((csum[e] - csum[e - group.window]) / group.window), hist.size - e) for e in ends]
+            return out
+        ready: list[tuple[_Slot, torch.Tensor, int]] = []
+        for i in order:
+            slot = work[i][0]
+            hist, ends = self._advance(slot, vectors[i], group, torch.cat)
+            ready += [(slot, hist[e - group.window : e], hist.shape[0] - e) for e in ends]
+        if not ready:
+            return []
+        clip_scores = group.bundle.score_features([w for _, w, _ in ready])
+        return [(slot, float(s), after) for (slot, _, after), s in zip(ready, clip_scores)]
+
+    @staticmethod
+    def _advance(slot: _Slot, new: Any, group: _Group, cat: Callable[[list[Any]], Any]) -> tuple[Any, list[int]]:
+        """Append `new` (scores or vectors) to the slot's ring; return the history and the end positions (in it) of
+        the windows to emit: the first as soon as W vectors are there, then one every H vectors."""
+        hist = new if slot.ring is None else cat([slot.ring, new])
+        base = len(hist) - len(new)
+        ends = []
+        for j in range(len(new)):
+            if slot.since_emit is not None:
+                slot.since_emit += 1
+            if base + j + 1 >= group.window and (slot.since_emit is None or slot.since_emit >= group.hop):
+                ends.append(base + j + 1)
+                slot.since_emit = 0
+        slot.ring = hist[-group.window :]
+        return hist, ends
+
+    def _window_events(
+        self, group: _Group, slot: _Slot, score: float, after: int, inference: float, now: float
+    ) -> list[Event]:
+        bundle = group.bundle
+        t = slot.last_time - (slot.tail + after * bundle.feature.hop_length) / bundle.sample_rate
+        if slot.n_level:  # several windows in one tick share the level of the audio that completed them
+            slot.level = 10 * math.log10(slot.sumsq / slot.n_level) if slot.sumsq > 0 else float("-inf")
+            slot.clipped = slot.n_clipped / slot.n_level
+            slot.sumsq, slot.n_level, slot.n_clipped = 0.0, 0, 0
+        level = slot.level
+        events: list[Event] = []
+        state = "online"
+        if level < self.silence_dbfs:
+            state = "silent"
+        elif slot.clipped > self.clipping_fraction:
+            state = "clipping"
+        if slot.state in ("online", "silent", "clipping", "error") and slot.state != state:
+            detail = {"silent": f"level {level:.1f} dBFS below {self.silence_dbfs:g}", "clipping": "input clipping"}
+            events.append(SourceStatus(slot.source.name, state, detail.get(state, ""), now))  # type: ignore[arg-type]
+            slot.state = state
+        alarm_events: list[AlarmEvent] = slot.tracker.update(score, t, suppressed=state != "online")
+        events.append(
+            ScoreUpdate(
+                source=slot.source.name,
+                model=bundle.name,
+                score=score,
+                threshold=slot.tracker.threshold,
+                time=t,
+                level_dbfs=level,
+                alarm_active=slot.tracker.active,
+                inference_seconds=inference,
+                lag_seconds=max(0.0, now - slot.last_arrival),
+            )
+        )
+        events += alarm_events
+        return events
+
+
+def _ratio(rate_in: int, rate_out: int) -> tuple[int, int]:
+    g = math.gcd(rate_in, rate_out)
+    return rate_in // g, rate_out // g
+
+
+def _runs(blocks: list[AudioBlock]) -> list[_Run]:
+    """Concatenate consecutive blocks into runs, starting a new run at each gap or rate change."""
+    groups: list[list[AudioBlock]] = []
+    for b in blocks:
+        if not groups or b.gap or b.sample_rate != groups[-1][0].sample_rate:
+            groups.append([])
+        groups[-1].append(b)
+    return [
+        _Run(g[0].gap, np.concatenate([np.asarray(b.samples, dtype=np.float32) for b in g]), g[0].sample_rate,
+             g[-1].time, g[-1].arrival)
+        for g in groups
+    ]

@@ -1,0 +1,143 @@
+"""`asd-monitor` end to end in-process: flags over the config file, replays to a JSONL log, errors, the demo."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from monitor import cli, demo
+from monitor.config import ConfigError, load_config
+from tests.helpers import SR, machine_audio, make_tiny_bundle
+
+
+@pytest.fixture(scope="module")
+def bundle_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_tiny_bundle(tmp_path_factory.mktemp("cli") / "bundle")
+
+
+def wav(path: Path, x: np.ndarray, rate: int = SR) -> Path:
+    sf.write(path, x, rate, subtype="FLOAT")
+    return path
+
+
+def run_cli(tmp_path: Path, *argv: str, config: str = "") -> tuple[int, list[dict]]:
+    """Run the CLI with a JSONL sink (scores included) and return (exit code, events)."""
+    log = tmp_path / "events.jsonl"
+    cfg = tmp_path / "monitor.yaml"
+    cfg.write_text(f"sinks:\n  jsonl:\n    path: {log}\n    include_scores: true\n    include_counters: true\n"
+                   + config)
+    rc = cli.main(["--no-tui", "--config", str(cfg), "--node", "t1", *argv])
+    events = [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
+    return rc, events
+
+
+def test_flags_override_the_file(tmp_path):
+    f = tmp_path / "m.yaml"
+    f.write_text("node: filenode\nbundle: b\nsources:\n  - device: mic0\nreplay:\n  speed: 2\n"
+                 "sinks:\n  mqtt:\n    url: mqtt://old:1883\n    base_topic: plant\n    username: u\n")
+    args = cli.build_parser().parse_args(
+        ["--node", "n2", "--bundle", "/x", "--device", "asd_mic1", "--replay", "a.wav", "--speed", "0", "--loop",
+         "--duration", "5", "--prometheus-port", "9200", "--no-tui", "--mqtt", "mqtts://broker:8884"])
+    cfg = cli.apply_args(load_config(f), args)
+    assert cfg.node == "n2" and cfg.bundle == Path("/x")
+    assert [(s.device, s.replay) for s in cfg.sources] == [("mic0", None), ("asd_mic1", None), (None, ["a.wav"])]
+    assert (cfg.replay.speed, cfg.replay.loop, cfg.replay.duration_seconds) == (0, True, 5)
+    assert cfg.sinks.prometheus.enabled and cfg.sinks.prometheus.port == 9200
+    assert not cfg.sinks.tui.enabled
+    m = cfg.sinks.mqtt
+    assert (m.url, m.base_topic, m.username) == ("mqtts://broker:8884", "plant", "u")  # the rest kept from the file
+    args = cli.build_parser().parse_args(["--mqtt", "mqtt://me:pw@broker"])
+    assert cli.apply_args(load_config(f), args).sinks.mqtt.username == "me"  # URL credentials win
+
+
+def test_bad_flag_values_are_config_errors():
+    args = cli.build_parser().parse_args(["--speed", "-2"])
+    with pytest.raises(ConfigError, match="speed"):
+        cli.apply_args(load_config(None), args)
+
+
+def test_replay_of_an_anomalous_file_gives_one_alarm_sequence_and_exits_0(tmp_path, bundle_dir):
+    x = np.concatenate([machine_audio(3.0, 1), machine_audio(4.0, 2, anomalous=True), machine_audio(6.0, 3)])
+    rc, events = run_cli(tmp_path, "--bundle", str(bundle_dir), "--speed", "0",
+                         "--replay", str(wav(tmp_path / "m1.wav", x)),
+                         config="alarms:\n  hold_seconds: 1.0\n  cooldown_seconds: 30\n")
+    assert rc == 0
+    alarms = [e for e in events if e["kind"] == "alarm"]
+    types = [a["type"] for a in alarms]
+    assert types[0] == "new" and types[-1] == "end" and set(types[1:-1]) <= {"update"}
+    assert len({a["id"] for a in alarms}) == 1
+    start = alarms[0]["start_time"] - min(e["time"] for e in events if e["kind"] == "score")
+    assert 2.0 < start < 6.0  # raised inside the anomalous stretch (audio clock), not at the start
+    assert alarms[-1]["end_time"] > alarms[0]["start_time"]
+    statuses = [(e["source"], e["state"]) for e in events if e["kind"] == "status"]
+    assert statuses[0] == ("m1", "online") and statuses[-1] == ("m1", "ended")
+
+
+def test_a_bad_file_among_good_ones_is_reported_and_the_others_go_on(tmp_path, bundle_dir):
+    good = wav(tmp_path / "good.wav", machine_audio(2.0, 1))
+    bad = tmp_path / "bad.wav"
+    bad.write_bytes(b"RIFF\x10\x00\x00\x00WAVEfmt junk")
+    wrong_rate = wav(tmp_path / "rate.wav", machine_audio(1.0, 1, sr=16000), 16000)
+    rc, events = run_cli(tmp_path, "--bundle", str(bundle_dir), "--speed", "0",
+                         "--replay", str(good), "--replay", str(bad), "--replay", str(wrong_rate))
+    assert rc == 0
+    errors = {e["source"]: e["detail"] for e in events if e["kind"] == "status" and e["state"] == "error"}
+    assert set(errors) == {"bad", "rate"}
+    assert "bad.wav" in errors["bad"] and "16000 Hz" in errors["rate"]
+    assert any(e["kind"] == "score" and e["source"] == "good" for e in events)
+    counters = [e for e in events if e["kind"] == "counter" and e["name"] == "input_errors"]
+    assert {c["source"] for c in counters} == {"bad", "rate"}
+
+
+def test_missing_bundle_is_a_clear_error(tmp_path, capsys):
+    rc, _ = run_cli(tmp_path, "--bundle", str(tmp_path / "nope"), "--replay", str(tmp_path / "x.wav"))
+    assert rc == 2
+    assert "cannot load bundle" in capsys.readouterr().err
+
+
+def test_a_sources_own_missing_bundle_stops_only_that_source(tmp_path, bundle_dir):
+    good = wav(tmp_path / "good.wav", machine_audio(2.0, 1))
+    rc, events = run_cli(tmp_path, "--bundle", str(bundle_dir), "--speed", "0", "--replay", str(good),
+                         config=f"sources:\n  - name: other\n    replay: {good}\n    bundle: {tmp_path / 'missing'}\n")
+    assert rc == 0
+    err = [e for e in events if e["kind"] == "status" and e["source"] == "other"]
+    assert err and err[0]["state"] == "error" and "missing" in err[0]["detail"]
+    assert any(e["kind"] == "score" and e["source"] == "good" for e in events)
+
+
+@pytest.mark.parametrize("argv, needle", [([], "nothing to monitor"), (["--replay", "/no/such/*.wav"], "no wav files")])
+def test_usage_errors(tmp_path, bundle_dir, capsys, argv, needle):
+    rc, _ = run_cli(tmp_path, "--bundle", str(bundle_dir), *argv)
+    assert rc == 2 and needle in capsys.readouterr().err
+
+
+def test_unknown_config_key_exits_2_naming_it(tmp_path, capsys):
+    rc, _ = run_cli(tmp_path, config="alarms:\n  kk: 1\n")
+    assert rc == 2 and "alarms.kk: unknown key" in capsys.readouterr().err
+
+
+def test_list_devices_prints_a_table(capsys):
+    assert cli.main(["--list-devices"]) == 0
+    assert capsys.readouterr().out.splitlines()[0].split()[:3] == ["alias", "index", "ch"]
+
+
+@pytest.mark.slow
+def test_demo_runs_headless_and_raises_one_alarm_for_the_faulty_machine(tmp_path, monkeypatch):
+    """The shipped recipe (first-run training included) with the fault moved to 5-12 s to keep the run short."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.setattr(demo, "FAULT_START", 5.0)
+    monkeypatch.setattr(demo, "FAULT_SECONDS", 7.0)
+    rc, events = run_cli(tmp_path, "--demo", "--speed", "0", "--duration", "22", "--prometheus-port", "0",
+                         config="alarms:\n  hold_seconds: 1.0\n")
+    assert rc == 0
+    alarms = [e for e in events if e["kind"] == "alarm"]
+    assert {a["source"] for a in alarms} == {"fan"}
+    assert [a["type"] for a in alarms][0] == "new" and [a["type"] for a in alarms][-1] == "end"
+    assert len({a["id"] for a in alarms}) == 1
+    assert (demo.cache_dir() / "bundle.json").exists()  # cached for the next run
+    ended = {e["source"] for e in events if e["kind"] == "status" and e["state"] == "ended"}
+    assert ended == {"fan", "pump", "valve"}

@@ -1,0 +1,292 @@
+"""The streaming pipeline: window scores equal offline scoring of the same window, batching over sources changes
+nothing, each vector is scored once per tick in one call, and bad audio (NaN, silence, gaps) is handled."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import pytest
+
+from models.bundle import Bundle, load_bundle
+from monitor.alarms import AlarmPolicy
+from monitor.events import AlarmEvent, CounterEvent, ScoreUpdate, SourceStatus
+from monitor.pipeline import Pipeline, StreamResampler
+from monitor.sources import AudioBlock, BlockQueue, Source
+from tests.helpers import SR, machine_audio, make_tiny_bundle
+
+@pytest.fixture(scope="module")
+def bundle(tmp_path_factory: pytest.TempPathFactory) -> Bundle:
+    return load_bundle(make_tiny_bundle(tmp_path_factory.mktemp("bundle") / "tiny"), device="cpu")
+
+
+class StubSource(Source):
+    """A source the test feeds by hand (the pipeline only needs its name, queue and state)."""
+
+    async def run(self) -> None:  # pragma: no cover - never started in these tests
+        raise AssertionError("not used")
+
+
+@dataclass
+class Collected:
+    events: list
+
+    def of(self, kind: type) -> list:
+        return [e for e in self.events if isinstance(e, kind)]
+
+
+def pipeline_with(bundle, names, **kwargs) -> tuple[Pipeline, dict[str, Source], Collected]:
+    """A pipeline over hand-fed sources; `out` collects what it emits outside `process()` (e.g. at close)."""
+    out = Collected([])
+    pipe = Pipeline(out.events.append, device="cpu", **kwargs)
+    sources = {}
+    for n in names:
+        src = StubSource(n, BlockQueue(8), out.events.append)
+        src.state = "online"
+        pipe.add_source(src, bundle)
+        sources[n] = src
+    return pipe, sources, out
+
+
+def blocks_of(x: np.ndarray, sizes, t0: float = 1000.0, sr: int = SR) -> list[AudioBlock]:
+    out, pos, i = [], 0, 0
+    while pos < x.size:
+        n = sizes[i % len(sizes)]
+        chunk = x[pos : pos + n]
+        pos += chunk.size
+        i += 1
+        out.append(AudioBlock(chunk, sr, t0 + pos / sr, t0 + pos / sr))
+    return out
+
+
+def run_ticks(pipe: Pipeline, feeds: dict[str, list[AudioBlock]]) -> list:
+    """One tick per block index: tick k carries block k of every source that still has one."""
+    events = []
+    for k in range(max(len(b) for b in feeds.values())):
+        events += pipe.process({n: [b[k]] for n, b in feeds.items() if k < len(b)})
+    return events
+
+
+def window_count(bundle, n_samples: int) -> int:
+    cfg = bundle.feature
+    W = cfg.n_vectors(int(round(bundle.window_seconds * bundle.sample_rate)))
+    H = int(round(bundle.hop_seconds * bundle.sample_rate / cfg.hop_length))
+    n = cfg.n_vectors(n_samples)
+    return 0 if n < W else (n - W) // H + 1
+
+
+def expected_window_scores(bundle, x: np.ndarray, n_windows: int) -> np.ndarray:
+    """Offline: the samples of each window (W vectors ending every H vectors) scored by `score_features`."""
+    cfg = bundle.feature
+    W = cfg.n_vectors(int(round(bundle.window_seconds * bundle.sample_rate)))
+    H = int(round(bundle.hop_seconds * bundle.sample_rate / cfg.hop_length))
+    out = []
+    for k in range(n_windows):
+        end = W + k * H  # vectors 0..end-1 have been seen
+        start_sample = (end - W) * cfg.hop_length
+        end_sample = (end - 1 + cfg.context - 1) * cfg.hop_length + cfg.n_fft
+        feats = cfg.extract(x[start_sample:end_sample])
+        assert feats.shape[0] == W
+        out.append(bundle.score_features([feats])[0])
+    return np.array(out)
+
+
+def test_streaming_window_scores_equal_offline_scores(bundle):
+    x = machine_audio(4.0, seed=42)
+    pipe, _, _ = pipeline_with(bundle, ["a"])
+    events = run_ticks(pipe, {"a": blocks_of(x, [1, 777, 3000, 64])})
+    scores = np.array([e.score for e in events if isinstance(e, ScoreUpdate)])
+    assert scores.size >= 10
+    np.testing.assert_allclose(scores, expected_window_scores(bundle, x, scores.size), rtol=1e-5, atol=1e-7)
+
+
+def test_window_times_are_the_audio_clock_at_each_window_end(bundle):
+    x = machine_audio(3.0, seed=1)
+    pipe, _, _ = pipeline_with(bundle, ["a"])
+    ups = [e for e in run_ticks(pipe, {"a": blocks_of(x, [8000], t0=500.0)}) if isinstance(e, ScoreUpdate)]
+    cfg = bundle.feature
+    # the k-th window ends with vector W + kH - 1, whose last frame ends at sample (that + context - 1)*hop + n_fft
+    W, H = cfg.n_vectors(SR), round(0.25 * SR / cfg.hop_length)
+    ends = [(W + k * H - 1 + cfg.context - 1) * cfg.hop_length + cfg.n_fft for k in range(len(ups))]
+    np.testing.assert_allclose([u.time for u in ups], [500.0 + e / SR for e in ends], rtol=0, atol=1e-6)
+
+
+def test_batched_over_sources_equals_one_pipeline_per_source(bundle, monkeypatch):
+    signals = {"a": machine_audio(3.0, 1), "b": machine_audio(3.0, 2, anomalous=True), "c": machine_audio(2.5, 3)}
+    sizes = {"a": [1600], "b": [500, 2100], "c": [4000]}
+    pipe, _, _ = pipeline_with(bundle, list(signals))
+    calls = []
+    real = bundle.detector.score_vectors
+    monkeypatch.setattr(bundle.detector, "score_vectors", lambda X: calls.append(X.shape[0]) or real(X))
+    together = run_ticks(pipe, {n: blocks_of(x, sizes[n]) for n, x in signals.items()})
+    n_ticks = max(len(blocks_of(x, sizes[n])) for n, x in signals.items())
+    assert 0 < len(calls) <= n_ticks  # one call per tick for all sources, never one per source
+    total_vectors = sum(bundle.feature.n_vectors(x.size) for x in signals.values())
+    assert sum(calls) == total_vectors  # every vector scored exactly once
+    for name, x in signals.items():
+        alone, _, _ = pipeline_with(bundle, [name])
+        ref = [e.score for e in run_ticks(alone, {name: blocks_of(x, sizes[name])}) if isinstance(e, ScoreUpdate)]
+        got = [e.score for e in together if isinstance(e, ScoreUpdate) and e.source == name]
+        assert len(got) == len(ref) > 0
+        np.testing.assert_allclose(got, ref, rtol=1e-6)
+
+
+class WindowLevelBundle:
+    """A stand-in for a non-frame-level detector: the window score is the max of its vectors' errors (not a mean,
+    so it can only be right if the pipeline hands over the whole window)."""
+
+    def __init__(self, inner: Bundle) -> None:
+        self.inner = inner
+        self.name, self.sample_rate, self.feature = "max_ae", inner.sample_rate, inner.feature
+        self.threshold, self.window_seconds, self.hop_seconds = inner.threshold, inner.window_seconds, 0.5
+        self.detector = type("NotFrameLevel", (), {"frame_level": False})()
+        self.calls: list[int] = []
+
+    def score_features(self, clips):
+        self.calls.append(len(clips))
+        return np.array([float(self.inner.detector.score_vectors(c).max()) for c in clips])
+
+
+def test_window_level_detectors_get_whole_windows_in_one_batched_call(bundle):
+    wl = WindowLevelBundle(bundle)
+    signals = {"a": machine_audio(3.0, 5), "b": machine_audio(3.0, 6, anomalous=True)}
+    pipe, _, _ = pipeline_with(wl, list(signals))
+    events = run_ticks(pipe, {n: blocks_of(x, [2000]) for n, x in signals.items()})
+    assert wl.calls and max(wl.calls) == 2  # both sources' ready windows in one call
+    for name, x in signals.items():
+        got = np.array([e.score for e in events if isinstance(e, ScoreUpdate) and e.source == name])
+        exp = expected_window_scores(wl, x, got.size)
+        np.testing.assert_allclose(got, exp, rtol=1e-5)
+
+
+def test_window_and_hop_overrides(bundle):
+    pipe = Pipeline(lambda e: None, device="cpu")
+    pipe.add_source(StubSource("a", BlockQueue(4), lambda e: None), bundle, window_seconds=0.5, hop_seconds=0.5)
+    ups = [e for e in pipe.process({"a": blocks_of(machine_audio(3.0, 1), [SR * 3])}) if isinstance(e, ScoreUpdate)]
+    cfg = bundle.feature
+    W, H = cfg.n_vectors(SR // 2), round(0.5 * SR / cfg.hop_length)
+    assert len(ups) == (cfg.n_vectors(3 * SR) - W) // H + 1  # the bundle's own window/hop would give more
+
+
+def test_nan_audio_is_an_error_status_and_the_stream_restarts(bundle):
+    pipe, _, out = pipeline_with(bundle, ["a"])
+    good = machine_audio(2.0, 1)
+    bad = good.copy()
+    bad[100] = np.nan
+    events = pipe.process({"a": blocks_of(good[:4000], [4000])})
+    events += pipe.process({"a": [AudioBlock(bad, SR, 0.0, 0.0)]})
+    counters = [e for e in events if isinstance(e, CounterEvent)]
+    statuses = [e for e in events if isinstance(e, SourceStatus)]
+    assert [c.name for c in counters] == ["input_errors"]
+    assert statuses and statuses[0].state == "error" and "NaN" in statuses[0].detail
+    # after the reset a window needs W fresh vectors: its score equals offline on the fresh audio alone
+    fresh = machine_audio(2.0, 9)
+    ups = [e for e in pipe.process({"a": blocks_of(fresh, [16000])}) if isinstance(e, ScoreUpdate)]
+    np.testing.assert_allclose([u.score for u in ups], expected_window_scores(bundle, fresh, len(ups)), rtol=1e-5)
+
+
+def test_a_gap_restarts_the_features_and_windows(bundle):
+    pipe, _, _ = pipeline_with(bundle, ["a"])
+    first, second = machine_audio(1.3, 1), machine_audio(2.0, 2, anomalous=True)
+    blocks = blocks_of(first, [2000]) + blocks_of(second, [2000])
+    blocks[len(blocks_of(first, [2000]))].gap = True
+    events = pipe.process({"a": blocks})  # one tick holding both stretches
+    ups = [e.score for e in events if isinstance(e, ScoreUpdate)]
+    exp = np.concatenate([expected_window_scores(bundle, first, window_count(bundle, first.size)),
+                          expected_window_scores(bundle, second, window_count(bundle, second.size))])
+    np.testing.assert_allclose(ups, exp, rtol=1e-5)
+
+
+def test_silence_is_a_status_not_an_alarm(bundle):
+    pipe = Pipeline(lambda e: None, AlarmPolicy(k=1, n=1), device="cpu", silence_dbfs=-60.0)
+    quiet, loud = StubSource("quiet", BlockQueue(4), lambda e: None), StubSource("loud", BlockQueue(4), lambda e: None)
+    for s in (quiet, loud):
+        s.state = "online"
+        pipe.add_source(s, bundle, threshold=-1.0)  # every window "exceeds": only silence may stop an alarm
+    events = pipe.process({"quiet": blocks_of(np.full(2 * SR, 1e-5, np.float32), [SR]),
+                           "loud": blocks_of(machine_audio(2.0, 1), [SR])})
+    assert [e.state for e in events if isinstance(e, SourceStatus) and e.source == "quiet"] == ["silent"]
+    assert not [e for e in events if isinstance(e, AlarmEvent) and e.source == "quiet"]
+    assert [e.type for e in events if isinstance(e, AlarmEvent) and e.source == "loud"] == ["new"]
+    levels = [e.level_dbfs for e in events if isinstance(e, ScoreUpdate) and e.source == "quiet"]
+    assert all(lv == pytest.approx(-100.0, abs=0.1) for lv in levels)
+
+
+def test_clipping_is_a_status(bundle):
+    pipe, srcs, _ = pipeline_with(bundle, ["a"])
+    x = np.clip(machine_audio(2.0, 1) * 20, -1, 1)
+    events = pipe.process({"a": blocks_of(x, [SR])})
+    assert [e.state for e in events if isinstance(e, SourceStatus)] == ["clipping"]
+
+
+def test_anomalous_audio_raises_and_closing_ends_the_alarm(bundle):
+    pipe, _, out = pipeline_with(bundle, ["a"])
+    x = np.concatenate([machine_audio(2.0, 1), machine_audio(3.0, 2, anomalous=True)])
+    events = run_ticks(pipe, {"a": blocks_of(x, [1000])})
+    alarms = [e for e in events if isinstance(e, AlarmEvent)]
+    assert alarms and alarms[0].type == "new" and alarms[0].start_time > 1000.0 + 2.0
+    pipe.close()
+    assert [e.type for e in out.of(AlarmEvent)] == ["end"]
+
+
+def test_resampled_input_is_scored(bundle):
+    """A device at 3x the bundle's rate: the pipeline resamples and scores like the resampled stream offline."""
+    from scipy.signal import resample_poly
+
+    x48 = machine_audio(3.0, 4, sr=3 * SR)
+    pipe, _, _ = pipeline_with(bundle, ["a"])
+    ups = [e for e in run_ticks(pipe, {"a": blocks_of(x48, [2400], sr=3 * SR)}) if isinstance(e, ScoreUpdate)]
+    ref = resample_poly(x48, 1, 3).astype(np.float32)
+    np.testing.assert_allclose([u.score for u in ups], expected_window_scores(bundle, ref, len(ups)), rtol=1e-4)
+
+
+@pytest.mark.parametrize("rates", [(48000, 16000), (44100, 16000), (16000, 48000), (8000, 11025)])
+def test_stream_resampler_equals_resample_poly_on_the_whole_signal(rates):
+    from scipy.signal import resample_poly
+
+    r_in, r_out = rates
+    g = math.gcd(r_in, r_out)
+    x = np.random.default_rng(0).standard_normal(r_in // 2)
+    whole = resample_poly(x, r_out // g, r_in // g)
+    rs = StreamResampler(r_in, r_out)
+    sizes = [1, 13, 480, 4410, 7]
+    parts, pos, i = [], 0, 0
+    while pos < x.size:
+        parts.append(rs(x[pos : pos + sizes[i % len(sizes)]]))
+        pos += sizes[i % len(sizes)]
+        i += 1
+    streamed = np.concatenate(parts)
+    assert whole.size - 200 < streamed.size <= whole.size  # only the filter tail waits for more input
+    np.testing.assert_allclose(streamed, whole[: streamed.size], atol=1e-5)
+
+
+async def test_run_drains_queues_until_sources_end(bundle):
+    out: list = []
+    pipe = Pipeline(out.append, device="cpu")
+    src = StubSource("a", BlockQueue(64), out.append)
+    src.state = "online"
+    pipe.add_source(src, bundle)
+    for b in blocks_of(machine_audio(2.0, 1), [4000]):
+        await src.queue.put(b)
+    src.queue.end()
+    await asyncio.wait_for(pipe.run(asyncio.Event()), 30)
+    assert [e.state for e in out if isinstance(e, SourceStatus)] == ["ended"]
+    assert len([e for e in out if isinstance(e, ScoreUpdate)]) == window_count(bundle, 2 * SR)
+
+
+def test_sources_of_different_bundles_are_scored_by_their_own_bundle(bundle):
+    wl = WindowLevelBundle(bundle)
+    pipe = Pipeline(lambda e: None, device="cpu")
+    for name, b in (("frame", bundle), ("window", wl)):
+        pipe.add_source(StubSource(name, BlockQueue(4), lambda e: None), b)
+    x = machine_audio(3.0, 7)
+    events = pipe.process({"frame": blocks_of(x, [SR]), "window": blocks_of(x, [SR])})
+    by = {n: [e for e in events if isinstance(e, ScoreUpdate) and e.source == n] for n in ("frame", "window")}
+    assert {e.model for e in by["frame"]} == {"dcase_ae"} and {e.model for e in by["window"]} == {"max_ae"}
+    np.testing.assert_allclose([e.score for e in by["frame"]], expected_window_scores(bundle, x, len(by["frame"])),
+                               rtol=1e-5)
+    np.testing.assert_allclose([e.score for e in by["window"]], expected_window_scores(wl, x, len(by["window"])),
+                               rtol=1e-5)
+    assert pipe.models == ["dcase_ae", "max_ae"]
