@@ -11,7 +11,9 @@ Topics (base `asd/<node>`):
 `publish()` only appends to a bounded outbox; one task owns the connection, reconnects with back-off and drains
 the outbox in order. A message leaves the outbox only once the broker has acknowledged it, so a broker restart
 loses nothing (delivery is at-least-once). When the outbox is full the oldest score is dropped first: alarms and
-events matter more than a gauge that the next update replaces.
+events matter more than a gauge that the next update replaces. `close()` keeps reconnecting for up to
+`close_timeout` seconds, so events queued during an outage still leave if the broker comes back before the daemon
+exits; whatever is left then is counted as dropped.
 
 Counters: `stats` (published, dropped, errors, connects) can be read at any time; when `on_counter` is given,
 each drop or connection error is also reported as a `CounterEvent(name="sink_errors", source="mqtt", ...)`,
@@ -45,7 +47,6 @@ SINK_NAME = "mqtt"
 _TOPIC_UNSAFE = re.compile(r"[+#/\s\x00-\x1f\x7f]+")
 _ID_UNSAFE = re.compile(r"[^A-Za-z0-9_-]+")
 _ACK_TIMEOUT_S = 10.0
-_CLOSE_TIMEOUT_S = 5.0
 
 
 class MqttTls(BaseModel):
@@ -87,6 +88,7 @@ class MqttSettings(BaseModel):
     score_interval: float = Field(default=1.0, ge=0.0)
     reconnect_min: float = Field(default=0.5, gt=0.0)
     reconnect_max: float = Field(default=30.0, gt=0.0)
+    close_timeout: float = Field(default=5.0, gt=0.0)
 
     @model_validator(mode="before")
     @classmethod
@@ -244,18 +246,26 @@ class MqttSink:
             self._enqueue(_Message(topic, _json(event.to_dict()), 0, False, is_score=True))
 
     async def close(self) -> None:
-        """Deliver what is queued (bounded wait), publish `offline` retained, then disconnect."""
+        """Deliver what is queued, publish `offline` retained, then disconnect. A broker that is down is retried
+        for up to `close_timeout` seconds (events from an outage are worth a short wait at exit); what is still
+        queued after that is counted as dropped."""
         self._closing.set()
         self._wakeup.set()
         if self._task is None:
             return
         try:
-            await asyncio.wait_for(asyncio.shield(self._task), timeout=_CLOSE_TIMEOUT_S + 1.0)
+            await asyncio.wait_for(asyncio.shield(self._task), timeout=self.settings.close_timeout)
         except asyncio.TimeoutError:
-            log.warning("MQTT sink: %d message(s) not delivered at shutdown", len(self._outbox))
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
+            lost = len(self._outbox)
+            log.warning("MQTT sink: broker %s not reachable within %.1f s at shutdown: %d message(s) not delivered",
+                        self.settings.url, self.settings.close_timeout, lost)
+            if lost:
+                self._outbox.clear()
+                self.stats.dropped += lost
+                self._count_error("undelivered at shutdown", amount=lost)
         self._task = None
 
     # ---- outbox -------------------------------------------------------------------------------------------
@@ -284,9 +294,10 @@ class MqttSink:
             log.warning("MQTT sink: %s (%d dropped so far)", detail, self.stats.dropped)
         self._count_error(detail)
 
-    def _count_error(self, detail: str) -> None:
+    def _count_error(self, detail: str, amount: int = 1) -> None:
         if self._on_counter is not None:
-            self._on_counter(CounterEvent("sink_errors", SINK_NAME, detail=detail, labels={"sink": SINK_NAME}))
+            self._on_counter(CounterEvent("sink_errors", SINK_NAME, amount=amount, detail=detail,
+                                          labels={"sink": SINK_NAME}))
 
     # ---- Home Assistant discovery -------------------------------------------------------------------------
 
@@ -389,13 +400,16 @@ class MqttSink:
             except (aiomqtt.MqttError, OSError) as exc:
                 self.stats.errors += 1
                 self._count_error(f"connection: {exc}")
+                delay = self.settings.reconnect_min if self._closing.is_set() else backoff
                 log.warning("MQTT sink: broker %s unreachable or lost (%s); retrying in %.1f s",
-                            self.settings.url, exc, backoff)
+                            self.settings.url, exc, delay)
             finally:
                 self._connected.clear()
             if self._closing.is_set():
-                return
-            with contextlib.suppress(asyncio.TimeoutError):
+                # close() bounds these retries; keep them frequent so a broker that comes back is not missed.
+                await asyncio.sleep(self.settings.reconnect_min)
+                continue
+            with contextlib.suppress(asyncio.TimeoutError):  # close() cuts a long back-off short
                 await asyncio.wait_for(self._closing.wait(), timeout=backoff)
             backoff = min(backoff * 2, self.settings.reconnect_max)
 

@@ -3,7 +3,9 @@ drops and status, under a header with model, device, lag and uptime.
 
 The sink only keeps state folded from the events it is given and redraws it about four times a second from its
 own task; it never calls into the pipeline. `render()` builds the whole view as a renderable, so tests and other
-front ends can print it without a terminal.
+front ends can print it without a terminal. While it runs, root-logger handlers that write to the terminal are
+swapped for one that prints through the same rich console, so log lines appear above the table instead of
+tearing it.
 """
 
 from __future__ import annotations
@@ -12,13 +14,16 @@ import asyncio
 import collections
 import contextlib
 import datetime as dt
+import logging
 import math
+import sys
 import time
 from dataclasses import dataclass, field
 from typing import Callable
 
 from rich.console import Console, Group, RenderableType
 from rich.live import Live
+from rich.logging import RichHandler
 from rich.table import Table
 from rich.text import Text
 
@@ -111,6 +116,8 @@ class TuiSink:
         self.sources: dict[str, SourceView] = {}
         self._live: Live | None = None
         self._task: asyncio.Task[None] | None = None
+        self._log_handler: RichHandler | None = None
+        self._replaced: list[logging.Handler] = []
 
     def _view(self, source: str) -> SourceView:
         return self.sources.setdefault(source, SourceView())
@@ -217,9 +224,35 @@ class TuiSink:
         if self._task is not None:
             return
         self._started_at = self._clock()
+        self._route_logging()  # first: Live swaps sys.stderr for a proxy, hiding which handlers write to it
         self._live = Live(self.render(), console=self.console, auto_refresh=False, transient=False)
         self._live.start()
         self._task = asyncio.create_task(self._refresh(), name="tui-refresh")
+
+    def _route_logging(self) -> None:
+        """Swap root handlers that write to stdout/stderr for one printing through our console (above the table)."""
+        root = logging.getLogger()
+        terminal = (sys.stdout, sys.stderr, sys.__stdout__, sys.__stderr__)
+        # Exact type: file handlers and pytest's capture handlers are StreamHandler subclasses that must stay.
+        self._replaced = [h for h in root.handlers
+                          if type(h) is logging.StreamHandler and any(h.stream is t for t in terminal)]
+        if not self._replaced:
+            return
+        handler = RichHandler(console=self.console, show_path=False, level=min(h.level for h in self._replaced))
+        handler.setFormatter(logging.Formatter("%(name)s: %(message)s"))  # time and level are rich's own columns
+        for h in self._replaced:
+            root.removeHandler(h)
+        root.addHandler(handler)
+        self._log_handler = handler
+
+    def _restore_logging(self) -> None:
+        root = logging.getLogger()
+        if self._log_handler is not None:
+            root.removeHandler(self._log_handler)
+            self._log_handler = None
+        for h in self._replaced:
+            root.addHandler(h)
+        self._replaced = []
 
     async def _refresh(self) -> None:
         assert self._live is not None
@@ -238,3 +271,4 @@ class TuiSink:
             self._live.update(self.render(), refresh=True)
             self._live.stop()
             self._live = None
+        self._restore_logging()

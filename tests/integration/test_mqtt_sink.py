@@ -4,6 +4,7 @@ restart, Home Assistant discovery, and that the password never reaches the logs.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import signal
 import subprocess
@@ -170,6 +171,51 @@ async def test_outbox_delivers_in_order_across_a_broker_restart(mosquitto, make_
     expected = [x for n in range(20) for x in ("ON" if n % 2 == 0 else "OFF", f"fan-{n}")]
     assert received == expected
     assert sink.stats.connects == 2 and sink.stats.errors >= 1 and sink.stats.dropped == 0
+
+
+async def test_close_waits_for_the_broker_to_deliver_the_outbox(mosquitto, make_sink, mqtt_collector) -> None:
+    sink = await make_sink(ha_discovery=False, close_timeout=30.0)
+    await until(lambda: sink.connected, 10, "connect")
+    mosquitto.stop()
+    await until(lambda: not sink.connected, 10, "the sink to notice the broker is gone")
+    for n in range(6):
+        sink.publish(alarm("new" if n % 2 == 0 else "end", n=n))
+    errors = sink.stats.errors
+    closing = asyncio.create_task(sink.close())
+    await until(lambda: sink.stats.errors >= errors + 2, 15, "reconnect attempts while closing")
+    assert not closing.done()  # still trying, not given up at the first refused connection
+    # Broker start and subscription are synchronous: the sink's task cannot reconnect before we listen.
+    mosquitto.start()
+    live = mqtt_collector([f"{BASE}/#"])
+    await closing
+    await live.await_for(f"{BASE}/availability", payload=b"offline")  # acknowledged by the broker != received
+    received = [(m.topic, m.payload) for m in live.messages]
+    expected = [x for n in range(6) for x in ((f"{BASE}/fan/alarm", b"ON" if n % 2 == 0 else b"OFF"),
+                                              (f"{BASE}/events", alarm("new", n=n).id.encode()))]
+    got = [(t, p if t.endswith("alarm") else json.loads(p)["id"].encode()) for t, p in received
+           if not t.endswith("availability")]
+    assert got == expected
+    assert received[-1] == (f"{BASE}/availability", b"offline")
+    assert sink.stats.dropped == 0 and sink.queued == 0
+    late = mqtt_collector([f"{BASE}/availability"])
+    [message] = await late.await_for(f"{BASE}/availability")
+    assert (message.payload, message.retain) == (b"offline", True)
+
+
+@pytest.mark.timeout(20)  # close() must give up after close_timeout, not hang on the dead broker
+async def test_close_gives_up_after_close_timeout_and_counts_the_loss(mosquitto, make_sink, caplog) -> None:
+    counted: list[CounterEvent] = []
+    sink = await make_sink(ha_discovery=False, close_timeout=1.0, sink_kwargs={"on_counter": counted.append})
+    await until(lambda: sink.connected, 10, "connect")
+    mosquitto.stop()
+    await until(lambda: not sink.connected, 10, "the sink to notice the broker is gone")
+    for kind in ("new", "update", "end"):  # 2 + 1 + 2 messages
+        sink.publish(alarm(kind))
+    caplog.set_level(logging.WARNING, logger="monitor.sinks.mqtt")
+    await sink.close()
+    assert "5 message(s) not delivered" in caplog.text
+    assert sink.stats.dropped == 5 and sink.queued == 0
+    assert [c.amount for c in counted if c.detail == "undelivered at shutdown"] == [5]
 
 
 async def test_full_outbox_drops_oldest_scores_first(mosquitto, make_sink, mqtt_collector) -> None:

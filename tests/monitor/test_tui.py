@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import io
+import logging
 import re
+import sys
 
 from rich.console import Console
 
@@ -88,3 +90,26 @@ async def test_live_start_and_close_on_a_non_tty_console() -> None:
     await asyncio.sleep(0.1)
     await sink.close()
     assert "valve" in out.getvalue()
+
+
+async def test_logging_goes_through_the_live_console_while_running() -> None:
+    root = logging.getLogger()
+    plain = logging.StreamHandler(sys.stderr)  # what logging.basicConfig installs in the daemon
+    root.addHandler(plain)
+    before = list(root.handlers)
+    console = Console(record=True, width=160, file=io.StringIO(), force_terminal=True, color_system=None)
+    sink = TuiSink(console=console, refresh_hz=50.0)
+    try:
+        await sink.start()
+        assert plain not in root.handlers
+        sink.publish(update("fan", 0.42))
+        logging.getLogger("monitor.test").warning("broker gone: %s", "fan-42")
+        await asyncio.sleep(0.05)
+        await sink.close()
+        assert root.handlers == before
+    finally:
+        root.removeHandler(plain)
+    text = console.export_text()
+    [line] = [line for line in text.splitlines() if "broker gone: fan-42" in line]
+    assert "WARNING" in line and "monitor.test" in line
+    assert text.index("broker gone: fan-42") < text.rindex(" fan ")  # printed above the table, which stays
