@@ -7,8 +7,8 @@ a window was scored minus when its last audio was due) stays below one hop and a
 windows were scored. Reported per level: lag and per-tick compute latency p50/p99, windows scored, peak RSS;
 then the largest real-time N found by doubling and bisection, and the memory per stream.
 
-    python benchmarks/bench_monitor.py                       # full run -> benchmarks/results/monitor_cpu.json
-    python benchmarks/bench_monitor.py --levels 10 --seconds 10 --no-search   # a quick check
+    python -m benchmarks.bench_monitor                       # full run -> benchmarks/results/monitor_cpu.json
+    python -m benchmarks.bench_monitor --levels 10 --seconds 10 --no-search   # a quick check
 
 Run it on an otherwise idle machine (`uptime`): other load shows up as lag.
 """
@@ -32,10 +32,8 @@ from typing import Any
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
 
-from benchmarks.common import write_result  # noqa: E402
+from benchmarks.common import write_result
 
 HOP_SECONDS = 1.0
 WINDOW_SECONDS = 10.0
@@ -158,7 +156,7 @@ def one_level(n: int, bundle: Path, wavs: list[Path], mqtt: str | None, warmup: 
 
 def run_level(n: int, args: argparse.Namespace, bundle: Path, wavs: list[Path], mqtt: str | None) -> dict:
     """One level in a fresh interpreter, so peak RSS belongs to that level alone."""
-    cmd = [sys.executable, __file__, "--one-level", str(n), "--bundle", str(bundle), "--wavs", *map(str, wavs),
+    cmd = [sys.executable, "-m", "benchmarks.bench_monitor", "--one-level", str(n), "--bundle", str(bundle), "--wavs", *map(str, wavs),
            "--warmup", str(args.warmup), "--seconds", str(args.seconds)] + (["--mqtt", mqtt] if mqtt else [])
     timeout = WINDOW_SECONDS + args.warmup + args.seconds + 600
     out = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=timeout)

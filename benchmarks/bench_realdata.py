@@ -24,10 +24,8 @@ from typing import Any
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
 
-from benchmarks.common import RESULTS, write_result  # noqa: E402
+from benchmarks.common import RESULTS, write_result
 
 DEFAULT_REAL = ROOT.parent / "shared" / "data" / "real"
 NAME = "realdata_fan_id00"

@@ -11,7 +11,7 @@ Clips are rendered in memory with the dataset writer's own `render_clip` (int16 
 numbers of `asd-offline synth` output. Per type the AUC is the mean of per-id AUCs (the DCASE convention); per
 fault kind, the AUC of that kind's clips against all normal test clips of the id. Also records generation speed.
 
-    python benchmarks/synth_difficulty.py            # writes benchmarks/results/synth_difficulty.json
+    python -m benchmarks.synth_difficulty            # writes benchmarks/results/synth_difficulty.json
 """
 
 from __future__ import annotations
@@ -26,11 +26,10 @@ from typing import Any
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.common import write_result  # noqa: E402
-from offline.synth import ANOMALIES, STRENGTH  # noqa: E402
-from offline.synth.dataset import ClipJob, RenderSettings, plan, render_clip, resolve_machines  # noqa: E402
+from benchmarks.common import write_result
+from offline.synth import ANOMALIES, STRENGTH
+from offline.synth.dataset import ClipJob, RenderSettings, plan, render_clip, resolve_machines
 
 log = logging.getLogger("synth_difficulty")
 
