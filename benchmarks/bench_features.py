@@ -1,7 +1,8 @@
 """Log-mel throughput of models.features vs librosa.feature.melspectrogram on the same clips, in one run.
 
 Two figures the foundation issue asks for:
-- single 10 s clips on ONE core (torch and BLAS limited to one thread): ratio ours / librosa;
+- single 10 s clips on ONE core: torch, OpenBLAS and OpenMP pools all limited to one thread (threadpoolctl), ours
+  and librosa alternating clip by clip so that machine noise hits both alike; the figure is the ratio of medians;
 - a batch of 256 streams fed 1 s chunks through one LogMelBatchStream (the monitor's hot path) on all cores:
   aggregate real-time factor, plus librosa on the same 256 clips for the ratio.
 
@@ -11,7 +12,6 @@ Usage: python -m benchmarks.bench_features [--clips 20] [--streams 256] [--secon
 from __future__ import annotations
 
 import argparse
-import os
 import time
 
 import numpy as np
@@ -24,6 +24,18 @@ def _clips(n: int, seconds: float, sr: int, seed: int = 0) -> list[np.ndarray]:
         (0.2 * np.sin(2 * np.pi * (50 + 5 * i) * t) + 0.05 * rng.standard_normal(t.size)).astype(np.float32)
         for i in range(n)
     ]
+
+
+def _median_per_call(fns: dict[str, "callable"], clips: list[np.ndarray], repeats: int) -> dict[str, float]:
+    """Median seconds per clip of each function, calls interleaved (a, b, a, b, ...)."""
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(repeats):
+        for x in clips:
+            for name, fn in fns.items():
+                t0 = time.perf_counter()
+                fn(x)
+                times[name].append(time.perf_counter() - t0)
+    return {name: float(np.median(t)) for name, t in times.items()}
 
 
 def _best_of(fn, repeats: int) -> float:
@@ -40,14 +52,18 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--clips", type=int, default=20)
     ap.add_argument("--streams", type=int, default=256)
     ap.add_argument("--seconds", type=float, default=10.0)
-    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--repeats", type=int, default=10)
     args = ap.parse_args(argv)
 
     import librosa
     import torch
+    from threadpoolctl import threadpool_limits
 
     from benchmarks.common import write_result
     from models.features import LogMelConfig
+    from models.runtime import keep_freed_memory
+
+    keep_freed_memory()  # as the CLIs do
 
     sr = 16000
     cfg = LogMelConfig(sample_rate=sr, n_fft=1024, hop_length=512, n_mels=128)
@@ -62,12 +78,12 @@ def main(argv: list[str] | None = None) -> None:
 
     # --- single clips, one core ---
     torch.set_num_threads(1)
-    os.environ["OMP_NUM_THREADS"] = "1"  # librosa's numpy FFT is single-threaded already; recorded for clarity
-    for x in clips[:2]:  # warm up caches (mel matrix, FFT plans)
-        cfg.extract(x)
-        librosa_db(x)
-    ours_single = _best_of(lambda: [cfg.extract(x) for x in clips], args.repeats)
-    librosa_single = _best_of(lambda: [librosa_db(x) for x in clips], args.repeats)
+    with threadpool_limits(1):
+        for x in clips[:2]:  # warm up caches (mel matrix, FFT plans)
+            cfg.extract(x)
+            librosa_db(x)
+        med = _median_per_call({"ours": cfg.extract, "librosa": librosa_db}, clips, args.repeats)
+    ours_single, librosa_single = med["ours"] * len(clips), med["librosa"] * len(clips)
 
     # --- 256 streams, 1 s chunks, all cores ---
     torch.set_num_threads(all_threads)
@@ -90,6 +106,7 @@ def main(argv: list[str] | None = None) -> None:
             "clips": args.clips,
             "clip_seconds": args.seconds,
             "ours_seconds": ours_single,
+            "statistic": "median per clip x clips, calls interleaved",
             "librosa_seconds": librosa_single,
             "ours_realtime_factor": audio_s / ours_single,
             "librosa_realtime_factor": audio_s / librosa_single,

@@ -11,6 +11,7 @@ import asyncio
 import logging
 import sys
 
+from models.runtime import keep_freed_memory
 from monitor.config import ConfigError, MonitorConfig, load_config
 
 DEMO_PROMETHEUS_PORT = 9108
@@ -108,6 +109,7 @@ def run(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     _setup_logging(args.verbose)
+    keep_freed_memory()
     try:
         return run(args)
     except KeyboardInterrupt:

@@ -10,6 +10,8 @@ import importlib
 import logging
 import sys
 
+from models.runtime import keep_freed_memory
+
 # subcommand -> (module, one-line help). The order is the order `--help` shows.
 COMMANDS: dict[str, tuple[str, str]] = {
     "synth": ("offline.synth", "write a synthetic machine-sound dataset in DCASE 2020 layout"),
@@ -37,6 +39,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     level = logging.DEBUG if args.verbose else logging.INFO
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    keep_freed_memory()
     module = importlib.import_module(args._module)
     try:
         return int(module.run(args) or 0)
