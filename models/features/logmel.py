@@ -104,7 +104,7 @@ class _Kernel:
     """
 
     FILTERS_PER_BLOCK = 16
-    FRAMES_PER_BLOCK = 256  # a multiple of _ROW_BLOCK, so only the last block is ever padded
+    FRAMES_PER_BLOCK = 512  # a multiple of _ROW_BLOCK, so only the last block is ever padded
 
     def __init__(self, cfg: LogMelConfig, device: torch.device) -> None:
         import librosa
@@ -129,8 +129,8 @@ class _Kernel:
 
     def __call__(self, frames: torch.Tensor) -> torch.Tensor:
         """[N, n_fft] frames -> [N, n_mels] dB, in blocks of `FRAMES_PER_BLOCK`: the intermediates of one block
-        (windowed frames, spectrum, power) stay in cache, which made a 256-stream batch three times faster than
-        one big call on the 2-core CPU."""
+        (windowed frames, spectrum, power) stay in cache, which made a 256-stream batch two to three times faster
+        than one big call on the 2-core CPU; 512 keeps a 10 s clip (313 frames) in one pass."""
         if frames.shape[0] <= self.FRAMES_PER_BLOCK:
             return self._block(frames)
         return torch.cat([self._block(part) for part in torch.split(frames, self.FRAMES_PER_BLOCK)])
@@ -152,7 +152,7 @@ class _Kernel:
         for f0, lo, hi, weights in self.blocks:
             if weights is not None:
                 mel[:, f0 : f0 + weights.shape[1]] = pw[:, lo:hi] @ weights
-        return self.scale * torch.log10(mel[:n] + EPS)
+        return mel[:n].add_(EPS).log10_().mul_(self.scale)  # in place: mel is this call's own buffer
 
 
 @lru_cache(maxsize=32)
