@@ -60,7 +60,7 @@ def _score(args: argparse.Namespace) -> dict[str, Any]:
     import torch
 
     from models.audio import load_wav
-    from models.bundle import extract_features, load_bundle
+    from models.bundle import load_bundle
     from offline.datasets.index import load_clips
 
     torch.set_num_threads(args.threads)
@@ -73,7 +73,7 @@ def _score(args: argparse.Namespace) -> dict[str, Any]:
     for i in range(0, len(wavs), batch):
         bundle.score_wavs(wavs[i : i + batch])
     total = time.perf_counter() - t0
-    feats = extract_features(bundle.feature, wavs)
+    feats = bundle.feature.extract_batch(wavs)
     t0 = time.perf_counter()
     for i in range(0, len(feats), batch):
         bundle.score_features(feats[i : i + batch])

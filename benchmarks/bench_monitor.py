@@ -46,7 +46,7 @@ def prepare(work: Path, seconds: float) -> tuple[Path, list[Path]]:
     a whole level (a looping replay restarts its features at each loop, which would leave windows unscored)."""
     import soundfile as sf
 
-    from models.bundle import extract_features, save_bundle
+    from models.bundle import save_bundle
     from models.detectors import get_detector
     from models.features import feature_from_dict
     from models.synth.voices import MachineVoice
@@ -61,7 +61,7 @@ def prepare(work: Path, seconds: float) -> tuple[Path, list[Path]]:
         sf.write(path, x, SAMPLE_RATE, subtype="PCM_16")
         wavs.append(path)
         clips.append(x[: 10 * SAMPLE_RATE])
-    det = det_cls(**{**det_cls.quick_params, "device": "cpu"}).fit(extract_features(feature, clips))
+    det = det_cls(**{**det_cls.quick_params, "device": "cpu"}).fit(feature.extract_batch(clips))
     bundle = save_bundle(work / "bundle", det, feature, 1e9, {"method": "fixed"}, "mixed", ["00"],
                          {"clips": len(clips)}, window_seconds=WINDOW_SECONDS, hop_seconds=HOP_SECONDS)
     return bundle, wavs

@@ -38,7 +38,6 @@ BUNDLE_JSON = "bundle.json"
 WEIGHTS_FILE = "weights.pt"
 DEFAULT_WINDOW_SECONDS = 10.0
 DEFAULT_HOP_SECONDS = 1.0
-_EXTRACT_GROUP = 64  # clips per batched feature call: bounds the frame matrix to ~100 MB for 10 s clips
 
 
 class BundleError(ValueError):
@@ -69,31 +68,7 @@ class Bundle:
 
     def score_wavs(self, wavs: Sequence[np.ndarray]) -> np.ndarray:
         """Clip scores of whole mono float32 clips already at `self.sample_rate` (offline scoring/evaluation)."""
-        return self.score_features(extract_features(self.feature, wavs, self.device))
-
-
-def extract_features(
-    feature: LogMelConfig, wavs: Sequence[np.ndarray], device: str | torch.device = "cpu"
-) -> list[torch.Tensor]:
-    """Features of many clips, in order: clips of equal length share one batched FFT/matmul call.
-
-    A clip too short for a single vector is an error naming it, because a clip without a score would silently
-    misalign scores and labels downstream.
-    """
-    need = feature.n_fft + (getattr(feature, "context", 1) - 1) * feature.hop_length
-    by_length: dict[int, list[int]] = {}
-    for i, w in enumerate(wavs):
-        n = int(np.shape(w)[0]) if np.ndim(w) else 0
-        if feature.n_vectors(n) == 0:
-            raise ValueError(f"clip {i}: {n} samples is shorter than one feature vector ({need} samples)")
-        by_length.setdefault(n, []).append(i)
-    out: list[torch.Tensor | None] = [None] * len(wavs)
-    for indices in by_length.values():
-        for start in range(0, len(indices), _EXTRACT_GROUP):
-            group = indices[start : start + _EXTRACT_GROUP]
-            for i, feats in zip(group, feature.extract_batch([wavs[i] for i in group], device=device)):
-                out[i] = feats
-    return out  # type: ignore[return-value]  # every slot was filled above
+        return self.score_features(self.feature.extract_batch(wavs, self.device))
 
 
 def software_versions() -> dict[str, str]:

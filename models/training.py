@@ -248,7 +248,6 @@ def _featurise(
 
     Returns the features and the seconds of audio read."""
     from models.audio import load_wav
-    from models.bundle import extract_features
 
     feats: list[torch.Tensor] = []
     seconds = 0.0
@@ -261,7 +260,7 @@ def _featurise(
                 if feature.n_vectors(wav.shape[0]) == 0:
                     raise ValueError(f"{clip.path}: {wav.shape[0]} samples is too short for one feature vector")
                 seconds += wav.shape[0] / feature.sample_rate
-            feats += [f.cpu() for f in extract_features(feature, wavs, device)]
+            feats += [f.cpu() for f in feature.extract_batch(wavs, device)]
             if bar is not None:
                 bar.update(bar.task_ids[0], advance=len(group))
     return feats, seconds

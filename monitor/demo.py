@@ -61,7 +61,7 @@ def train_demo_bundle(out: Path) -> Path:
     into the bundle's `extra`: a margin above the 99th percentile of held-out normal window scores, so that normal
     windows sit below the alarm's clear level (0.9 x threshold) and a recovered machine's alarm ends. (A gamma
     quantile, the DCASE default, follows single outlier windows of the valve's strokes far up.)"""
-    from models.bundle import extract_features, save_bundle
+    from models.bundle import save_bundle
     from models.detectors import get_detector
     from models.features import feature_from_dict
 
@@ -73,11 +73,11 @@ def train_demo_bundle(out: Path) -> Path:
         voice = MachineVoice(m, 0, SAMPLE_RATE, seed=0)
         clips += [voice.generate(n_clip) for _ in range(TRAIN_CLIPS)]
     det = det_cls(**{**det_cls.quick_params, "device": "cpu"})
-    det.fit(extract_features(feature, clips))
+    det.fit(feature.extract_batch(clips))
     thresholds: dict[str, float] = {}
     for m in MACHINES:
         held_out = MachineVoice(m, 0, SAMPLE_RATE, seed=0, instance=1).generate(int(HELD_OUT_SECONDS * SAMPLE_RATE))
-        scores = det.score(extract_features(feature, _windows(held_out)))
+        scores = det.score(feature.extract_batch(_windows(held_out)))
         thresholds[m] = CLEAR_MARGIN * float(np.percentile(scores, THRESHOLD_PERCENTILE))
     info = {"method": "percentile", "percentile": THRESHOLD_PERCENTILE, "margin": CLEAR_MARGIN,
             "per_machine": thresholds}

@@ -87,12 +87,34 @@ class LogMelConfig:
         rest = s.flush()
         return out if rest.shape[0] == 0 else torch.cat([out, rest])
 
+    @property
+    def min_samples(self) -> int:
+        """The shortest clip that yields one vector."""
+        return self.n_fft + (self.context - 1) * self.hop_length
+
     def extract_batch(
-        self, wavs: Sequence[np.ndarray] | np.ndarray | torch.Tensor, device: str | torch.device | None = "cpu"
+        self,
+        wavs: Sequence[np.ndarray] | np.ndarray | torch.Tensor,
+        device: str | torch.device | None = "cpu",
+        group: int = 64,
     ) -> list[torch.Tensor]:
-        """Offline features of many clips in one FFT/matmul call; equals `extract` on each."""
-        s = self.batch_stream(len(wavs), device)
-        return s.accept(list(wavs))
+        """Offline features of many clips (any lengths), equal to `extract` on each, `group` clips per FFT/matmul
+        call (64 bounds the frame matrix to ~100 MB for 10 s clips).
+
+        A clip too short for one vector is an error naming it: a clip without a score would silently misalign
+        scores and labels downstream.
+        """
+        for i, w in enumerate(wavs):
+            n = int(np.shape(w)[0]) if np.ndim(w) else 0
+            if n < self.min_samples:
+                raise FeatureInputError(
+                    f"clip {i}: {n} samples is shorter than one feature vector ({self.min_samples} samples)"
+                )
+        out: list[torch.Tensor] = []
+        for start in range(0, len(wavs), group):
+            part = list(wavs[start : start + group])
+            out += self.batch_stream(len(part), device).accept(part)
+        return out
 
 
 class _Kernel:

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from models.bundle import BUNDLE_SCHEMA, BundleError, extract_features, load_bundle, save_bundle
+from models.bundle import BUNDLE_SCHEMA, BundleError, load_bundle, save_bundle
 from models.detectors.dcase_ae import DcaseAE
 from models.features import LogMelConfig
 
@@ -28,7 +28,7 @@ def _wavs(n: int, seconds: float, seed: int) -> list[np.ndarray]:
 
 @pytest.fixture(scope="module")
 def detector() -> DcaseAE:
-    feats = extract_features(FEATURE, _wavs(6, 0.5, seed=0))
+    feats = FEATURE.extract_batch(_wavs(6, 0.5, seed=0))
     return DcaseAE(hidden=16, bottleneck=4, n_layers=1, epochs=2, batch_size=32, progress=False,
                    num_threads=1).fit(feats)
 

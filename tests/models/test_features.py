@@ -76,12 +76,21 @@ def test_context_stacking_is_frame_major() -> None:
         assert torch.equal(stacked[t], frames[t : t + 5].reshape(-1))
 
 
-def test_batched_equals_per_stream() -> None:
+@pytest.mark.parametrize("group", [64, 4, 1])
+def test_batched_equals_per_stream(group: int) -> None:
     cfg = LogMelConfig(context=5)
     clips = [_machine_like(SR + 517 * k, seed=k) for k in range(6)]
-    batched = cfg.extract_batch(clips)
+    batched = cfg.extract_batch(clips, group=group)
+    assert len(batched) == len(clips)
     for clip, feats in zip(clips, batched):
         assert torch.equal(feats, cfg.extract(clip))
+
+
+def test_batch_extraction_names_a_too_short_clip() -> None:
+    cfg = LogMelConfig(context=5)
+    assert cfg.min_samples == cfg.n_fft + 4 * cfg.hop_length
+    with pytest.raises(FeatureInputError, match=f"clip 1: 100 samples is shorter than one feature vector \\({cfg.min_samples}"):
+        cfg.extract_batch([_machine_like(SR), np.zeros(100, dtype=np.float32)])
 
 
 def test_batch_stream_streams_stay_independent() -> None:
