@@ -9,7 +9,6 @@ from models.features.logmel import (
     LogMelBatchStream,
     LogMelConfig,
     LogMelStream,
-    frames_to_logmel,
 )
 
 FEATURES: dict[str, type] = {LogMelConfig.kind: LogMelConfig}
@@ -30,5 +29,4 @@ __all__ = [
     "LogMelConfig",
     "LogMelStream",
     "feature_from_dict",
-    "frames_to_logmel",
 ]

@@ -118,7 +118,7 @@ class LogMelConfig:
 
 
 class _Kernel:
-    """Window and mel filterbank of one config on one device, built once.
+    """Window and mel filterbank of one config on one device, built once, and the arithmetic that uses them.
 
     The Slaney filterbank is banded: each FFT bin feeds at most two triangles. Instead of a dense
     [n_freq, n_mels] matmul we project each block of 16 consecutive filters from the contiguous bin range it
@@ -126,11 +126,13 @@ class _Kernel:
     """
 
     FILTERS_PER_BLOCK = 16
-    FRAMES_PER_BLOCK = 512  # a multiple of _ROW_BLOCK, so only the last block is ever padded
+    FRAMES_PER_BLOCK = 512  # a multiple of _ROW_BLOCK, so every block keeps a whole number of row blocks
 
     def __init__(self, cfg: LogMelConfig, device: torch.device) -> None:
         import librosa
 
+        self.device = device
+        self.n_fft, self.hop = cfg.n_fft, cfg.hop_length
         self.window = torch.hann_window(cfg.n_fft, periodic=True, dtype=torch.float32, device=device)
         mel = librosa.filters.mel(
             sr=cfg.sample_rate, n_fft=cfg.n_fft, n_mels=cfg.n_mels, fmin=cfg.fmin, fmax=cfg.fmax
@@ -149,32 +151,63 @@ class _Kernel:
         self.scale = 20.0 / cfg.power
         self.power = cfg.power
 
+    def frames(self, signals: Sequence[torch.Tensor]) -> tuple[torch.Tensor, int]:
+        """Windowed frames of 1-D CPU signals, all in one [rows, n_fft] matrix on the device, and the number of
+        real frames in it (the rest are zero rows).
+
+        Each signal yields frames [i*hop, i*hop + n_fft) as long as one fits. The row count is a multiple of 16:
+        BLAS takes another code path for a row count that is not a multiple of its micro-kernel, which changes the
+        last bit of a few values, so padding keeps every frame's features independent of how many frames were
+        computed with it (the streaming == offline guarantee). On the CPU the window is applied while copying the
+        frames out of the signal (one pass); for CUDA the raw frames go through pinned memory and are windowed there.
+        """
+        views = []
+        for x in signals:
+            n = (x.shape[0] - self.n_fft) // self.hop + 1
+            views.append(x.as_strided((n, self.n_fft), (self.hop, 1)))
+        total = sum(v.shape[0] for v in views)
+        rows = total + (-total) % _ROW_BLOCK
+        cuda = self.device.type == "cuda"
+        out = torch.empty((rows, self.n_fft), dtype=torch.float32, pin_memory=cuda)
+        r = 0
+        for v in views:
+            if cuda:
+                out[r : r + v.shape[0]].copy_(v)
+            else:
+                torch.mul(v, self.window, out=out[r : r + v.shape[0]])
+            r += v.shape[0]
+        out[total:].zero_()
+        if cuda:
+            out = out.to(self.device, non_blocking=True).mul_(self.window)
+        return out, total
+
     def __call__(self, frames: torch.Tensor) -> torch.Tensor:
-        """[N, n_fft] frames -> [N, n_mels] dB, in blocks of `FRAMES_PER_BLOCK`: the intermediates of one block
-        (windowed frames, spectrum, power) stay in cache, which made a 256-stream batch two to three times faster
-        than one big call on the 2-core CPU; 512 keeps a 10 s clip (313 frames) in one pass."""
+        """[rows, n_fft] windowed frames (rows a multiple of 16) -> [rows, n_mels] dB, in blocks of
+        `FRAMES_PER_BLOCK`: the intermediates of one block (spectrum, power) stay in cache, which made a
+        256-stream batch two to three times faster than one big call on the 2-core CPU; 512 keeps a 10 s clip
+        (313 frames) in one pass. `frames` is consumed: its memory is reused for the power spectrum."""
         if frames.shape[0] <= self.FRAMES_PER_BLOCK:
             return self._block(frames)
         return torch.cat([self._block(part) for part in torch.split(frames, self.FRAMES_PER_BLOCK)])
 
     def _block(self, frames: torch.Tensor) -> torch.Tensor:
-        n = frames.shape[0]
-        spec = torch.fft.rfft(frames * self.window, dim=-1)
+        spec = torch.fft.rfft(frames, dim=-1)
         if self.power == 2.0:
-            pw = (spec * spec.conj()).real  # |X|^2 without a square root; faster than real^2 + imag^2 here
+            # |X|^2 as re^2 + im^2 from the interleaved view: two passes that leave a contiguous result, which the
+            # slices of the mel projection need (a strided one costs a copy per block). The squares overwrite the
+            # spectrum and the sum the frames, both dead by then: a smaller working set stays in cache.
+            sq = torch.view_as_real(spec).square_()
+            pw = torch.add(sq[..., 0], sq[..., 1], out=frames.view(-1)[: spec.numel()].view(spec.shape))
         else:
             pw = spec.abs().pow(self.power)
-        # BLAS takes another code path for a row count that is not a multiple of its micro-kernel, which changes
-        # the last bit of a few values; zero rows up to a multiple of 16 keep every row on one path, so a frame's
-        # features do not depend on how many frames were computed with it (the streaming == offline guarantee).
-        pad = (-n) % _ROW_BLOCK
-        if pad:
-            pw = torch.cat([pw, pw.new_zeros((pad, pw.shape[1]))])
-        mel = pw.new_zeros((pw.shape[0], self.n_mels))
+        mel = pw.new_empty((pw.shape[0], self.n_mels))
         for f0, lo, hi, weights in self.blocks:
-            if weights is not None:
-                mel[:, f0 : f0 + weights.shape[1]] = pw[:, lo:hi] @ weights
-        return mel[:n].add_(EPS).log10_().mul_(self.scale)  # in place: mel is this call's own buffer
+            if weights is None:
+                mel[:, f0 : f0 + self.FILTERS_PER_BLOCK] = 0.0
+            else:  # straight into the output's columns: BLAS writes a row-strided result without a temporary
+                torch.mm(pw[:, lo:hi], weights, out=mel[:, f0 : f0 + weights.shape[1]])
+        # dB over all rows, padding included, so the vectorised log10 sees the same layout whatever the row count
+        return mel.add_(EPS).log10_().mul_(self.scale)
 
 
 @lru_cache(maxsize=32)
@@ -182,9 +215,14 @@ def _kernel(cfg: LogMelConfig, device: str) -> _Kernel:
     return _Kernel(cfg, torch.device(device))
 
 
-def frames_to_logmel(frames: torch.Tensor, cfg: LogMelConfig) -> torch.Tensor:
-    """[N, n_fft] raw sample frames -> [N, n_mels] log-mel dB. The only place the numbers are computed."""
-    return _kernel(cfg, str(frames.device))(frames)
+def signals_to_logmel(signals: Sequence[torch.Tensor], cfg: LogMelConfig, device: torch.device) -> torch.Tensor:
+    """Log-mel dB [sum of frames, n_mels] of the complete frames of 1-D float32 CPU signals, stacked in order.
+
+    The only place the numbers are computed; every signal must hold at least one frame.
+    """
+    kernel = _kernel(cfg, str(device))
+    frames, n = kernel.frames(signals)
+    return kernel(frames)[:n]
 
 
 @dataclass
@@ -199,12 +237,17 @@ def _as_mono_float32(chunk: np.ndarray | torch.Tensor) -> np.ndarray:
     arr = np.asarray(chunk)
     if arr.ndim != 1:
         raise FeatureInputError(f"expected mono audio as a 1-D array, got shape {arr.shape}")
-    if not np.issubdtype(arr.dtype, np.floating):
+    if arr.dtype.kind != "f":
         raise FeatureInputError(f"expected floating-point samples in [-1, 1], got dtype {arr.dtype}")
     arr = arr.astype(np.float32, copy=False)
-    if arr.size and not np.isfinite(arr).all():
+    # a dot product is the cheapest full pass that carries any NaN/inf into its result; only when it is not finite
+    # (which a huge but finite sample can also cause) is the exact count needed
+    with np.errstate(over="ignore"):
+        energy = np.dot(arr, arr)
+    if arr.size and not np.isfinite(energy):
         bad = int((~np.isfinite(arr)).sum())
-        raise FeatureInputError(f"audio contains {bad} NaN/inf samples")
+        if bad:
+            raise FeatureInputError(f"audio contains {bad} NaN/inf samples")
     return arr
 
 
@@ -237,7 +280,7 @@ class LogMelBatchStream:
         cfg = self.cfg
         if len(chunks) != len(self._states):
             raise ValueError(f"got {len(chunks)} chunks for {len(self._states)} streams")
-        frame_blocks: list[np.ndarray] = []
+        signals: list[torch.Tensor] = []
         counts: list[int] = []
         for state, chunk in zip(self._states, chunks):
             if chunk is None:
@@ -248,23 +291,22 @@ class LogMelBatchStream:
                 buf = np.concatenate([state.remainder, buf])
             n = 0 if buf.size < cfg.n_fft else (buf.size - cfg.n_fft) // cfg.hop_length + 1
             if n:
-                frames = np.lib.stride_tricks.sliding_window_view(buf, cfg.n_fft)[:: cfg.hop_length][:n]
-                frame_blocks.append(frames)
+                # torch shares the memory and only reads it; a read-only array is copied to keep torch from warning
+                signals.append(torch.from_numpy(buf if buf.flags.writeable else buf.copy()))
             state.remainder = buf[n * cfg.hop_length :].copy()
             counts.append(n)
 
-        empty = torch.zeros((0, cfg.dim), dtype=torch.float32, device=self.device)
-        if not frame_blocks:
-            return [empty for _ in self._states]
-        stacked = torch.from_numpy(np.concatenate(frame_blocks))
-        if self.device.type == "cuda":
-            stacked = stacked.pin_memory().to(self.device, non_blocking=True)
-        logmel = frames_to_logmel(stacked, cfg)
+        if not signals:
+            return [self._empty() for _ in self._states]
+        logmel = signals_to_logmel(signals, cfg, self.device)
+        parts = [logmel] if len(counts) == 1 else torch.split(logmel, counts)
+        return [
+            self._stack_context(state, part) if part.shape[0] else self._empty()
+            for state, part in zip(self._states, parts)
+        ]
 
-        out: list[torch.Tensor] = []
-        for state, part in zip(self._states, torch.split(logmel, counts)):
-            out.append(self._stack_context(state, part) if part.shape[0] else empty)
-        return out
+    def _empty(self) -> torch.Tensor:
+        return torch.zeros((0, self.cfg.dim), dtype=torch.float32, device=self.device)
 
     def _stack_context(self, state: _StreamState, frames: torch.Tensor) -> torch.Tensor:
         c = self.cfg.context
@@ -279,9 +321,8 @@ class LogMelBatchStream:
 
     def flush(self) -> list[torch.Tensor]:
         """End all streams. With `center=False` a partial frame yields nothing; state is cleared for reuse."""
-        n = len(self._states)
-        self._states = [_StreamState() for _ in range(n)]
-        return [torch.zeros((0, self.cfg.dim), dtype=torch.float32, device=self.device) for _ in range(n)]
+        self._states = [_StreamState() for _ in self._states]
+        return [self._empty() for _ in self._states]
 
 
 class LogMelStream:

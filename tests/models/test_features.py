@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import warnings
 
 import librosa
 import numpy as np
@@ -43,6 +44,22 @@ def test_streaming_equals_offline_bit_for_bit(chunk: int, context: int) -> None:
     assert torch.equal(streamed, offline)
 
 
+@pytest.mark.parametrize(
+    "cfg",
+    [
+        LogMelConfig(n_mels=40, power=1.0, context=3),  # filter blocks not a multiple of 16; magnitude, not power
+        LogMelConfig(n_fft=512, hop_length=64, n_mels=64),  # > 512 frames per clip: the kernel's multi-block path
+    ],
+    ids=["mels40-power1", "multiblock"],
+)
+@pytest.mark.parametrize("chunk", [7, 4000])
+def test_streaming_parity_other_configs(cfg: LogMelConfig, chunk: int) -> None:
+    x = _machine_like(3 * SR + 77)
+    offline = cfg.extract(x)
+    assert offline.shape == (cfg.n_vectors(len(x)), cfg.dim)
+    assert torch.equal(_stream_in_chunks(cfg, x, chunk), offline)
+
+
 def test_irregular_chunks_equal_offline() -> None:
     cfg = LogMelConfig(context=5)
     x = _machine_like(2 * SR)
@@ -64,6 +81,14 @@ def test_matches_librosa_melspectrogram(n_fft: int, hop: int, n_mels: int) -> No
     ours = cfg.extract(x).numpy().T
     assert ours.shape == ref_db.shape
     assert np.max(np.abs(ours - ref_db)) < 1e-3
+
+
+def test_magnitude_matches_librosa() -> None:
+    """power=1: 20*log10 of the mel-weighted magnitude spectrum, the other convention in use."""
+    cfg = LogMelConfig(n_mels=40, power=1.0)
+    x = _machine_like(SR)
+    ref = librosa.feature.melspectrogram(y=x, sr=SR, n_fft=1024, hop_length=512, n_mels=40, power=1.0, center=False)
+    assert np.max(np.abs(cfg.extract(x).numpy().T - 20.0 * np.log10(ref + np.finfo(float).eps))) < 1e-3
 
 
 def test_context_stacking_is_frame_major() -> None:
@@ -141,6 +166,21 @@ def test_short_clip_gives_no_vectors() -> None:
 def test_bad_audio_is_refused_clearly(bad: np.ndarray, match: str) -> None:
     with pytest.raises(FeatureInputError, match=match):
         LogMelConfig().stream().accept(bad)
+
+
+def test_loud_and_read_only_audio_is_accepted() -> None:
+    """Finite samples far outside [-1, 1] are not NaN (the fast NaN check must not say so), and a read-only
+    buffer (np.frombuffer, a memory map) is read without a copy warning."""
+    x = _machine_like(SR)
+    loud = x * np.float32(1e20)  # x.x overflows float32 to inf, yet every sample is finite
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert LogMelConfig().extract(loud).shape == (LogMelConfig().n_vectors(len(x)), 128)
+    ro = np.frombuffer(x.tobytes(), dtype=np.float32)
+    assert not ro.flags.writeable
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert torch.equal(LogMelConfig().extract(ro), LogMelConfig().extract(x))
 
 
 def test_config_json_round_trip() -> None:
