@@ -56,10 +56,13 @@ class LogMelConfig:
         """Length of one output vector."""
         return self.n_mels * self.context
 
+    def n_frames(self, n_samples: int) -> int:
+        """How many whole frames `n_samples` hold (`center=False`: frame i is [i*hop, i*hop + n_fft))."""
+        return 0 if n_samples < self.n_fft else (n_samples - self.n_fft) // self.hop_length + 1
+
     def n_vectors(self, n_samples: int) -> int:
         """How many vectors a clip of `n_samples` yields (0 when it is shorter than one context)."""
-        n_frames = 0 if n_samples < self.n_fft else (n_samples - self.n_fft) // self.hop_length + 1
-        return max(0, n_frames - self.context + 1)
+        return max(0, self.n_frames(n_samples) - self.context + 1)
 
     def to_dict(self) -> dict[str, Any]:
         return {"kind": self.kind, **asdict(self)}
@@ -131,8 +134,7 @@ class _Kernel:
     def __init__(self, cfg: LogMelConfig, device: torch.device) -> None:
         import librosa
 
-        self.device = device
-        self.n_fft, self.hop = cfg.n_fft, cfg.hop_length
+        self.cfg, self.device = cfg, device
         self.window = torch.hann_window(cfg.n_fft, periodic=True, dtype=torch.float32, device=device)
         mel = librosa.filters.mel(
             sr=cfg.sample_rate, n_fft=cfg.n_fft, n_mels=cfg.n_mels, fmin=cfg.fmin, fmax=cfg.fmax
@@ -147,28 +149,24 @@ class _Kernel:
             lo, hi = int(used[0]), int(used[-1]) + 1
             weights = torch.from_numpy(np.ascontiguousarray(sub[:, lo:hi].T)).to(device)  # [hi-lo, n_filters]
             self.blocks.append((f0, lo, hi, weights))
-        self.n_mels = cfg.n_mels
         self.scale = 20.0 / cfg.power
-        self.power = cfg.power
 
     def frames(self, signals: Sequence[torch.Tensor]) -> tuple[torch.Tensor, int]:
         """Windowed frames of 1-D CPU signals, all in one [rows, n_fft] matrix on the device, and the number of
         real frames in it (the rest are zero rows).
 
-        Each signal yields frames [i*hop, i*hop + n_fft) as long as one fits. The row count is a multiple of 16:
+        Each signal yields `cfg.n_frames` frames. The row count is a multiple of 16:
         BLAS takes another code path for a row count that is not a multiple of its micro-kernel, which changes the
         last bit of a few values, so padding keeps every frame's features independent of how many frames were
         computed with it (the streaming == offline guarantee). On the CPU the window is applied while copying the
         frames out of the signal (one pass); for CUDA the raw frames go through pinned memory and are windowed there.
         """
-        views = []
-        for x in signals:
-            n = (x.shape[0] - self.n_fft) // self.hop + 1
-            views.append(x.as_strided((n, self.n_fft), (self.hop, 1)))
+        n_fft, hop = self.cfg.n_fft, self.cfg.hop_length
+        views = [x.as_strided((self.cfg.n_frames(x.shape[0]), n_fft), (hop, 1)) for x in signals]
         total = sum(v.shape[0] for v in views)
         rows = total + (-total) % _ROW_BLOCK
         cuda = self.device.type == "cuda"
-        out = torch.empty((rows, self.n_fft), dtype=torch.float32, pin_memory=cuda)
+        out = torch.empty((rows, n_fft), dtype=torch.float32, pin_memory=cuda)
         r = 0
         for v in views:
             if cuda:
@@ -192,15 +190,15 @@ class _Kernel:
 
     def _block(self, frames: torch.Tensor) -> torch.Tensor:
         spec = torch.fft.rfft(frames, dim=-1)
-        if self.power == 2.0:
+        if self.cfg.power == 2.0:
             # |X|^2 as re^2 + im^2 from the interleaved view: two passes that leave a contiguous result, which the
             # slices of the mel projection need (a strided one costs a copy per block). The squares overwrite the
             # spectrum and the sum the frames, both dead by then: a smaller working set stays in cache.
             sq = torch.view_as_real(spec).square_()
             pw = torch.add(sq[..., 0], sq[..., 1], out=frames.view(-1)[: spec.numel()].view(spec.shape))
         else:
-            pw = spec.abs().pow(self.power)
-        mel = pw.new_empty((pw.shape[0], self.n_mels))
+            pw = spec.abs().pow(self.cfg.power)
+        mel = pw.new_empty((pw.shape[0], self.cfg.n_mels))
         for f0, lo, hi, weights in self.blocks:
             if weights is None:
                 mel[:, f0 : f0 + self.FILTERS_PER_BLOCK] = 0.0
@@ -289,7 +287,7 @@ class LogMelBatchStream:
             buf = _as_mono_float32(chunk)
             if state.remainder.size:
                 buf = np.concatenate([state.remainder, buf])
-            n = 0 if buf.size < cfg.n_fft else (buf.size - cfg.n_fft) // cfg.hop_length + 1
+            n = cfg.n_frames(buf.size)
             if n:
                 # torch shares the memory and only reads it; a read-only array is copied to keep torch from warning
                 signals.append(torch.from_numpy(buf if buf.flags.writeable else buf.copy()))
