@@ -294,14 +294,12 @@ class LogMelBatchStream:
             state.remainder = buf[n * cfg.hop_length :].copy()
             counts.append(n)
 
+        empty = self._empty()  # one zero-row tensor serves every stream without new vectors
         if not signals:
-            return [self._empty() for _ in self._states]
+            return [empty] * len(self._states)
         logmel = signals_to_logmel(signals, cfg, self.device)
         parts = [logmel] if len(counts) == 1 else torch.split(logmel, counts)
-        return [
-            self._stack_context(state, part) if part.shape[0] else self._empty()
-            for state, part in zip(self._states, parts)
-        ]
+        return [self._stack_context(s, part) if part.shape[0] else empty for s, part in zip(self._states, parts)]
 
     def _empty(self) -> torch.Tensor:
         return torch.zeros((0, self.cfg.dim), dtype=torch.float32, device=self.device)
@@ -320,7 +318,7 @@ class LogMelBatchStream:
     def flush(self) -> list[torch.Tensor]:
         """End all streams. With `center=False` a partial frame yields nothing; state is cleared for reuse."""
         self._states = [_StreamState() for _ in self._states]
-        return [self._empty() for _ in self._states]
+        return [self._empty()] * len(self._states)
 
 
 class LogMelStream:
