@@ -114,7 +114,9 @@ class Daemon:
 
         sinks_cfg = self.cfg.sinks
         device = describe(select_device(self.cfg.pipeline.device))
-        sinks: list[Sink] = list(self._extra_sinks)
+        from monitor.sinks.log import LogSink
+
+        sinks: list[Sink] = [*self._extra_sinks, LogSink()]
         if sinks_cfg.prometheus.enabled:
             from monitor.sinks.prometheus import PrometheusSink
 

@@ -133,7 +133,6 @@ class Source(ABC):
         if state == self.state:
             return
         self.state = state
-        (log.warning if state in ("offline", "error") else log.info)("source %s: %s %s", self.name, state, detail)
         self._emit(SourceStatus(self.name, state, detail, time.time()))
 
     def count(self, name: str, amount: int = 1, detail: str = "") -> None:

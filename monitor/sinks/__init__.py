@@ -1,1 +1,1 @@
-"""Event sinks: MQTT, Prometheus, TUI, JSONL."""
+"""Event sinks: MQTT, Prometheus, TUI, JSONL, and the log every daemon has."""

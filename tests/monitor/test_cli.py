@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -60,7 +61,8 @@ def test_bad_flag_values_are_config_errors():
         cli.apply_args(load_config(None), args)
 
 
-def test_replay_of_an_anomalous_file_gives_one_alarm_sequence_and_exits_0(tmp_path, bundle_dir):
+def test_replay_of_an_anomalous_file_gives_one_alarm_sequence_and_exits_0(tmp_path, bundle_dir, caplog):
+    caplog.set_level(logging.INFO, logger="monitor.sinks.log")
     x = np.concatenate([machine_audio(3.0, 1), machine_audio(4.0, 2, anomalous=True), machine_audio(6.0, 3)])
     rc, events = run_cli(tmp_path, "--bundle", str(bundle_dir), "--speed", "0",
                          "--replay", str(wav(tmp_path / "m1.wav", x)),
@@ -75,9 +77,16 @@ def test_replay_of_an_anomalous_file_gives_one_alarm_sequence_and_exits_0(tmp_pa
     assert alarms[-1]["end_time"] > alarms[0]["start_time"]
     statuses = [(e["source"], e["state"]) for e in events if e["kind"] == "status"]
     assert statuses[0] == ("m1", "online") and statuses[-1] == ("m1", "ended")
+    # the log (what a headless daemon leaves in its journal) tells the same story
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert [m.split(":")[0] for m in warnings] == ["ALARM m1", "alarm cleared m1"]
+    assert alarms[0]["id"] in warnings[0] and f"{alarms[0]['threshold']:.4g}" in warnings[0]
+    info = [r.getMessage() for r in caplog.records if r.levelno == logging.INFO]
+    assert info[0].startswith("source m1: online") and info[-1].startswith("source m1: ended")
 
 
-def test_a_bad_file_among_good_ones_is_reported_and_the_others_go_on(tmp_path, bundle_dir):
+def test_a_bad_file_among_good_ones_is_reported_and_the_others_go_on(tmp_path, bundle_dir, caplog):
+    caplog.set_level(logging.WARNING, logger="monitor.sinks.log")
     good = wav(tmp_path / "good.wav", machine_audio(2.0, 1))
     bad = tmp_path / "bad.wav"
     bad.write_bytes(b"RIFF\x10\x00\x00\x00WAVEfmt junk")
@@ -91,6 +100,8 @@ def test_a_bad_file_among_good_ones_is_reported_and_the_others_go_on(tmp_path, b
     assert any(e["kind"] == "score" and e["source"] == "good" for e in events)
     counters = [e for e in events if e["kind"] == "counter" and e["name"] == "input_errors"]
     assert {c["source"] for c in counters} == {"bad", "rate"}
+    logged = {r.getMessage().split(":")[0]: r.getMessage() for r in caplog.records if r.name == "monitor.sinks.log"}
+    assert set(logged) == {"source bad", "source rate"} and "bad.wav" in logged["source bad"]
 
 
 def test_missing_bundle_is_a_clear_error(tmp_path, capsys):
