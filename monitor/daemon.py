@@ -19,6 +19,7 @@ from monitor.alarms import AlarmPolicy
 from monitor.config import MonitorConfig, SourceConfig
 from monitor.events import CounterEvent, Event, Sink
 from monitor.pipeline import Pipeline
+from monitor.sinks.log import LogSink
 from monitor.sources import (
     BlockQueue,
     MicSource,
@@ -114,8 +115,6 @@ class Daemon:
 
         sinks_cfg = self.cfg.sinks
         device = describe(select_device(self.cfg.pipeline.device))
-        from monitor.sinks.log import LogSink
-
         sinks: list[Sink] = [*self._extra_sinks, LogSink()]
         if sinks_cfg.prometheus.enabled:
             from monitor.sinks.prometheus import PrometheusSink
