@@ -44,7 +44,7 @@ def _train(args: argparse.Namespace) -> dict[str, Any]:
     import torch
 
     from offline.datasets.index import load_clips
-    from offline.train import train_bundle
+    from models.training.recipe import train_bundle
 
     torch.set_num_threads(args.threads)
     clips = load_clips(args.data, machine=MACHINE)

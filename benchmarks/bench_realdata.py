@@ -30,6 +30,7 @@ from benchmarks.common import RESULTS, write_result
 DEFAULT_REAL = ROOT.parent / "shared" / "data" / "real"
 NAME = "realdata_fan_id00"
 MACHINE, ID = "fan", "id_00"
+FOLDER = "mimii_mohxen_fan_id00/"  # the 20 + 20 clips of one set; other folders' fan id_00 clips come from other sets
 MODEL = "dcase_ae"
 MODELS = (MODEL, "rms_level", "chance")
 
@@ -39,7 +40,8 @@ log = logging.getLogger("bench_realdata")
 def fan_id00_manifest(real_dir: Path, out_csv: Path, seed: int, n_train: int) -> Path:
     """Write a manifest of the fan id_00 clips with a seeded train/test split of the normals (anomalies: test)."""
     with (real_dir / "manifest.csv").open(newline="") as f:
-        rows = [r for r in csv.DictReader(f) if r["machine"] == MACHINE and r["id"] == ID]
+        rows = [r for r in csv.DictReader(f)
+                if r["machine"] == MACHINE and r["id"] == ID and r["path"].startswith(FOLDER)]
     normals = sorted(r["path"] for r in rows if r["label"] == "normal")
     anomalies = sorted(r["path"] for r in rows if r["label"] == "anomaly")
     if not 0 < n_train < len(normals) or not anomalies:
@@ -73,7 +75,7 @@ def run_split(real_dir: Path, work: Path, seed: int, n_train: int, epochs: int) 
     """Train and evaluate on one seeded split; AUC/pAUC of the AE and the two references."""
     from offline.datasets.index import load_clips
     from offline.evaluate import evaluate
-    from offline.train import train_bundle
+    from models.training.recipe import train_bundle
 
     manifest = fan_id00_manifest(real_dir, work / f"manifest_seed{seed}.csv", seed, n_train)
     t0 = time.perf_counter()

@@ -1,13 +1,18 @@
 """The bundle: a directory that is the whole deployable model, and the only thing the monitor loads.
 
-    BUNDLE_DIR/bundle.json   what the model is: schema, detector name + hyper-parameters, feature config, sample
-                             rate, window/hop, threshold (+ how it was set), machine type/ids, training summary,
-                             software versions, creation time, sha256 of weights.pt
-    BUNDLE_DIR/weights.pt    `torch.save` of a flat dict[str, Tensor] (the detector's `state_dict()`)
+    BUNDLE_DIR/bundle.json   what the model is (schema 2, DESIGN.md): kind, detector name + hyper-parameters,
+                             granularity, feature config, stages, sample rate, window/hop, threshold (+ how it was
+                             set, + per machine id), machine type/ids, learned metadata, member bundles, training
+                             summary, software versions, creation time, sha256 of weights.pt
+    BUNDLE_DIR/weights.pt    `torch.save` of one flat dict[str, Tensor]: the detector's `state_dict()` under
+                             "detector.", stage i's under "stage{i}."
+    BUNDLE_DIR/members/NAME/ member bundles (ensembles), each complete in itself
 
 Loading must be safe on a bundle from an untrusted place: weights are read with `torch.load(weights_only=True)`
-(no arbitrary unpickling), the file name is fixed rather than taken from the JSON, and the checksum catches a
-truncated or swapped weights file before torch parses it. Every problem is a `BundleError` that names the file.
+(no arbitrary unpickling), file names are fixed rather than taken from the JSON (member names are checked to be
+plain names), and the checksum catches a truncated or swapped weights file before torch parses it. Every problem is
+a `BundleError` that names the file. Schema-1 bundles (no stages, no members, unprefixed detector weights) still
+load and score as they did.
 """
 
 from __future__ import annotations
@@ -19,25 +24,34 @@ import logging
 import math
 import os
 import platform
+import re
+import shutil
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import torch
 
 from models.detectors import REGISTRY, Detector
 from models.device import select_device
-from models.features import LogMelConfig, feature_from_dict
+from models.features import FeatureConfig, feature_from_dict
+from models.scoring import Chain, StreamScorer
+from models.stages import STAGES, Stage
 
 log = logging.getLogger(__name__)
 
-BUNDLE_SCHEMA = 1
+BUNDLE_SCHEMA = 2
+READABLE_SCHEMAS = (1, 2)
 BUNDLE_JSON = "bundle.json"
 WEIGHTS_FILE = "weights.pt"
+MEMBERS_DIR = "members"
+BUNDLE_KINDS = ("detector", "classifier", "denoiser")
 DEFAULT_WINDOW_SECONDS = 10.0
 DEFAULT_HOP_SECONDS = 1.0
+_MEMBER_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
+_GROUP = 64  # clips per batched offline scoring call (bounds the frame matrix, as FeatureConfig.extract_batch)
 
 
 class BundleError(ValueError):
@@ -46,29 +60,86 @@ class BundleError(ValueError):
 
 @dataclass
 class Bundle:
-    """A loaded bundle: a fitted detector plus everything needed to turn audio into decisions."""
+    """A loaded bundle: feature front end, fitted stages and detector, and everything needed to turn input into
+    decisions. `stream_scorer` is the one way it scores; `score_wavs` is that scorer fed whole clips."""
 
     path: Path
     name: str
+    kind: str
     machine: str
     ids: list[str]
-    feature: LogMelConfig
+    feature: FeatureConfig
+    stages: list[Stage]
+    detector: Detector
     sample_rate: int
     threshold: float
     threshold_method: str
+    per_id_thresholds: dict[str, float]
     window_seconds: float
     hop_seconds: float
-    detector: Detector
     device: torch.device
-    meta: dict[str, Any] = field(repr=False)
+    learned: dict[str, Any] = field(default_factory=dict)
+    members: dict[str, "Bundle"] = field(default_factory=dict)
+    meta: dict[str, Any] = field(default_factory=dict, repr=False)
 
-    def score_features(self, features: Sequence[torch.Tensor]) -> np.ndarray:
+    def __post_init__(self) -> None:
+        self.chain = Chain(self.stages, self.detector)
+
+    @property
+    def granularity(self) -> str:
+        return "vector" if self.chain.vector_level else "window"
+
+    @property
+    def needs_id(self) -> bool:
+        """Scores depend on the machine id: every source and file must say which machine it is."""
+        return self.detector.needs_ids
+
+    def threshold_for(self, machine_id: str | None = None) -> float:
+        """The id's own threshold when the bundle has one, else the global one."""
+        if machine_id is not None and machine_id in self.per_id_thresholds:
+            return self.per_id_thresholds[machine_id]
+        return self.threshold
+
+    def check_machine_id(self, machine_id: str | None) -> None:
+        """BundleError when this bundle cannot score a stream of `machine_id` (None: not said)."""
+        if machine_id is None:
+            if self.needs_id:
+                raise BundleError(f"{self.path}: {self.name} scores per machine id; give the source a machine_id "
+                                  f"(one of {', '.join(self.ids) or 'the training ids'})")
+            return
+        if self.needs_id and self.ids and machine_id not in self.ids:
+            raise BundleError(f"{self.path}: machine id {machine_id!r} was not trained; known: {', '.join(self.ids)}")
+
+    def stream_scorer(self, n_streams: int = 0, window: float | None = None, hop: float | None = None,
+                      device: str | torch.device | None = None,
+                      machine_ids: Sequence[str | None] | None = None) -> StreamScorer:
+        """Window scores of `n_streams` streams fed chunk by chunk (seconds; `window=None`: each stream is one
+        clip, scored at `flush()`). See `models.scoring.StreamScorer`."""
+        for mid in machine_ids if machine_ids is not None else [None] * n_streams:
+            self.check_machine_id(mid)
+        return StreamScorer(self.feature, self.chain, n_streams, window, hop,
+                            self.device if device is None else device, machine_ids)
+
+    def score_features(self, features: Sequence[torch.Tensor], ids: Sequence[str] | None = None) -> np.ndarray:
         """Clip scores from per-clip feature matrices `[n_i, dim]` computed with `self.feature`."""
-        return self.detector.score(features)
+        return self.chain.score_windows(features, ids)
 
-    def score_wavs(self, wavs: Sequence[np.ndarray]) -> np.ndarray:
-        """Clip scores of whole mono float32 clips already at `self.sample_rate` (offline scoring/evaluation)."""
-        return self.score_features(self.feature.extract_batch(wavs, self.device))
+    def score_wavs(self, wavs: Sequence[np.ndarray], ids: Sequence[str | None] | None = None) -> np.ndarray:
+        """Clip scores of whole inputs (mono float32 clips at `self.sample_rate`, or `[n, dim]` rows for a vectors
+        bundle): the stream scorer fed each clip as one window. A clip too short for one vector is an error."""
+        for i, w in enumerate(wavs):
+            n = int(np.shape(w)[0]) if np.ndim(w) else 0
+            if n < self.feature.min_samples:
+                raise ValueError(f"clip {i}: {n} samples is shorter than one feature vector "
+                                 f"({self.feature.min_samples} samples)")
+        out: list[float] = []
+        for start in range(0, len(wavs), _GROUP):
+            part = list(wavs[start : start + _GROUP])
+            part_ids = None if ids is None else list(ids[start : start + _GROUP])
+            scorer = self.stream_scorer(machine_ids=part_ids or [None] * len(part))
+            scorer.accept(part)
+            out += [s[0][1] for s in scorer.flush()]
+        return np.asarray(out, dtype=np.float64)
 
 
 def software_versions() -> dict[str, str]:
@@ -96,7 +167,7 @@ def _write_atomic(path: Path, data: bytes) -> None:
 def save_bundle(
     path: str | Path,
     detector: Detector,
-    feature_cfg: LogMelConfig,
+    feature_cfg: FeatureConfig,
     threshold: float,
     threshold_info: dict[str, Any],
     machine: str,
@@ -105,47 +176,78 @@ def save_bundle(
     window_seconds: float = DEFAULT_WINDOW_SECONDS,
     hop_seconds: float = DEFAULT_HOP_SECONDS,
     extra: dict[str, Any] | None = None,
+    *,
+    stages: Sequence[Stage] = (),
+    per_id_thresholds: Mapping[str, float] | None = None,
+    members: Mapping[str, str | Path] | None = None,
 ) -> Path:
-    """Write a fitted detector and its context as a bundle directory; returns the directory.
+    """Write fitted stages and detector and their context as a bundle directory; returns the directory.
 
+    `members` maps names to existing bundle directories, copied into `members/NAME/` (ensembles).
     weights.pt is written before bundle.json (each atomically), so a directory with a bundle.json whose checksum
     matches is complete.
     """
     out = Path(path)
     if detector.name not in REGISTRY:
         raise BundleError(f"detector {detector.name!r} is not registered, a bundle of it could not be loaded")
-    if not math.isfinite(float(threshold)):
-        raise BundleError(f"threshold must be finite, got {threshold!r}")
+    for st in stages:
+        if st.name not in STAGES:
+            raise BundleError(f"stage {st.name!r} is not registered, a bundle of it could not be loaded")
+    if detector.bundle_kind not in BUNDLE_KINDS:
+        raise BundleError(f"{detector.name}: bundle kind {detector.bundle_kind!r} is not one of {BUNDLE_KINDS}")
+    per_id = {str(k): float(v) for k, v in (per_id_thresholds or {}).items()}
+    if not all(math.isfinite(v) for v in [float(threshold), *per_id.values()]):
+        raise BundleError(f"threshold must be finite, got {threshold!r} (per id: {per_id})")
     if not (window_seconds > 0 and hop_seconds > 0):
         raise BundleError(f"window and hop must be positive, got {window_seconds} and {hop_seconds}")
-    state = detector.state_dict()
-    bad = [k for k, v in state.items() if not isinstance(k, str) or not isinstance(v, torch.Tensor)]
-    if bad:
-        raise BundleError(f"{detector.name}.state_dict() must map names to tensors; bad entries: {bad}")
+    state: dict[str, torch.Tensor] = {}
+    parts: list[tuple[str, Detector | Stage]] = [(f"stage{i}", st) for i, st in enumerate(stages)]
+    parts.append(("detector", detector))
+    for prefix, part in parts:
+        for k, v in part.state_dict().items():
+            if not isinstance(k, str) or not isinstance(v, torch.Tensor):
+                raise BundleError(f"{part.name}.state_dict() must map names to tensors; bad entry: {k!r}")
+            state[f"{prefix}.{k}"] = v.detach().cpu().contiguous()
+    member_names = list(members or {})
+    for name in member_names:
+        if not _MEMBER_NAME.match(name):
+            raise BundleError(f"member name {name!r} must be a plain name (letters, digits, _ . -)")
     buf = io.BytesIO()
-    torch.save({k: v.detach().cpu().contiguous() for k, v in state.items()}, buf)
+    torch.save(state, buf)
     weights = buf.getvalue()
     meta = {
         "schema": BUNDLE_SCHEMA,
+        "kind": detector.bundle_kind,
         "model": {"name": detector.name, "params": detector.get_params()},
+        "granularity": "vector" if Chain(list(stages), detector).vector_level else "window",
         "feature": feature_cfg.to_dict(),
+        "stages": [{"name": st.name, "params": st.get_params()} for st in stages],
         "sample_rate": int(feature_cfg.sample_rate),
         "window_seconds": float(window_seconds),
         "hop_seconds": float(hop_seconds),
         "threshold": {"value": float(threshold), "method": threshold_info.get("method", "unknown"),
-                      "info": threshold_info},
+                      "info": threshold_info, "per_id": per_id},
         "machine": {"type": machine, "ids": list(ids)},
+        "learned": {prefix: part.learned() for prefix, part in parts if part.learned()},
+        "members": member_names,
         "training": train_summary,
-        "software": software_versions(),
+        "versions": software_versions(),
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "weights": {"file": WEIGHTS_FILE, "sha256": _sha256(weights), "bytes": len(weights)},
+        "weights_sha256": _sha256(weights),
+        "weights_bytes": len(weights),
         "extra": extra or {},
     }
     try:
         text = json.dumps(meta, indent=2, sort_keys=False, allow_nan=False)
     except (TypeError, ValueError) as exc:
-        raise BundleError(f"bundle metadata is not plain JSON (params, summary or extra): {exc}") from exc
+        raise BundleError(f"bundle metadata is not plain JSON (params, summary, learned or extra): {exc}") from exc
     out.mkdir(parents=True, exist_ok=True)
+    if member_names:
+        dest = out / MEMBERS_DIR
+        shutil.rmtree(dest, ignore_errors=True)
+        for name, src in (members or {}).items():
+            load_bundle(src, device="cpu")  # only complete, valid bundles become members
+            shutil.copytree(src, dest / name)
     _write_atomic(out / WEIGHTS_FILE, weights)
     _write_atomic(out / BUNDLE_JSON, (text + "\n").encode())
     log.info("wrote bundle %s (%s, threshold %.6g)", out, detector.name, threshold)
@@ -184,7 +286,7 @@ def _read_weights(path: Path, expected_sha: str) -> dict[str, torch.Tensor]:
 
 
 def load_bundle(path: str | Path, device: str | torch.device = "auto") -> Bundle:
-    """Load and validate a bundle directory; the detector is ready to score on `device`."""
+    """Load and validate a bundle directory (schema 1 or 2); stages and detector are ready to score on `device`."""
     root = Path(path)
     if not root.is_dir():
         raise BundleError(f"bundle directory not found: {root}")
@@ -198,13 +300,19 @@ def load_bundle(path: str | Path, device: str | torch.device = "auto") -> Bundle
     if not isinstance(meta, dict):
         raise BundleError(f"{json_path}: expected a JSON object")
     schema = meta.get("schema")
-    if schema != BUNDLE_SCHEMA:
-        raise BundleError(f"{json_path}: bundle schema {schema!r}, this version reads schema {BUNDLE_SCHEMA}")
+    if schema not in READABLE_SCHEMAS or isinstance(schema, bool):
+        raise BundleError(f"{json_path}: bundle schema {schema!r}, this version reads schemas "
+                          f"{', '.join(map(str, READABLE_SCHEMAS))}")
+    if schema == 1:
+        meta = _upgrade_schema1(meta)
 
     name = _field(meta, "model.name", str, json_path)
     if name not in REGISTRY:
         raise BundleError(f"{json_path}: unknown model {name!r}; registered: {', '.join(sorted(REGISTRY))}")
     params = _field(meta, "model.params", dict, json_path)
+    kind = _field(meta, "kind", str, json_path)
+    if kind not in BUNDLE_KINDS:
+        raise BundleError(f"{json_path}: kind {kind!r} is not one of {', '.join(BUNDLE_KINDS)}")
     try:
         feature = feature_from_dict(_field(meta, "feature", dict, json_path))
     except (TypeError, ValueError) as exc:
@@ -213,34 +321,93 @@ def load_bundle(path: str | Path, device: str | torch.device = "auto") -> Bundle
     if sample_rate != feature.sample_rate:
         raise BundleError(f"{json_path}: sample_rate {sample_rate} differs from the feature's {feature.sample_rate}")
     threshold = float(_field(meta, "threshold.value", (int, float), json_path))
+    per_id_raw = _field(meta, "threshold.per_id", dict, json_path)
     window = float(_field(meta, "window_seconds", (int, float), json_path))
     hop = float(_field(meta, "hop_seconds", (int, float), json_path))
-    if not (math.isfinite(threshold) and window > 0 and hop > 0):
-        raise BundleError(f"{json_path}: threshold must be finite and window/hop positive")
-    sha = _field(meta, "weights.sha256", str, json_path)
+    try:
+        per_id = {str(k): float(v) for k, v in per_id_raw.items()}
+    except (TypeError, ValueError):
+        raise BundleError(f"{json_path}: threshold.per_id must map ids to numbers") from None
+    if not (all(math.isfinite(v) for v in [threshold, *per_id.values()]) and window > 0 and hop > 0):
+        raise BundleError(f"{json_path}: thresholds must be finite and window/hop positive")
+    stage_specs = _field(meta, "stages", list, json_path)
+    learned = _field(meta, "learned", dict, json_path)
+    member_names = _field(meta, "members", list, json_path)
+    sha = _field(meta, "weights_sha256", str, json_path)
 
     state = _read_weights(root / WEIGHTS_FILE, sha)
+    if schema == 1:
+        state = {f"detector.{k}": v for k, v in state.items()}
     dev = select_device(device)
-    try:
-        detector = REGISTRY[name].from_params(params)
-        if "device" in detector.param_names():
-            detector.set_params(device=str(dev))
-        detector.load_state_dict(state)
-    except (TypeError, ValueError) as exc:
-        raise BundleError(f"{root}: weights do not fit model {name!r}: {exc}") from exc
+    parts: dict[str, dict[str, torch.Tensor]] = {}
+    for key, value in state.items():
+        prefix, dot, rest = key.partition(".")
+        if not dot:
+            raise BundleError(f"{root / WEIGHTS_FILE}: key {key!r} has no part prefix (detector., stage0. ...)")
+        parts.setdefault(prefix, {})[rest] = value
+    stages: list[Stage] = []
+    for i, spec in enumerate(stage_specs):
+        if not (isinstance(spec, dict) and isinstance(spec.get("name"), str) and isinstance(spec.get("params"), dict)):
+            raise BundleError(f"{json_path}: stages[{i}] must be {{'name': str, 'params': {{...}}}}")
+        if spec["name"] not in STAGES:
+            raise BundleError(f"{json_path}: unknown stage {spec['name']!r}; registered: {', '.join(sorted(STAGES))}")
+        stages.append(_restore(STAGES[spec["name"]], spec["params"], parts.pop(f"stage{i}", {}),
+                               learned.get(f"stage{i}"), dev, root))
+    detector = _restore(REGISTRY[name], params, parts.pop("detector", {}), learned.get("detector"), dev, root)
+    if parts:
+        raise BundleError(f"{root / WEIGHTS_FILE}: weights for parts the bundle does not have: {sorted(parts)}")
+    members: dict[str, Bundle] = {}
+    for m in member_names:
+        if not isinstance(m, str) or not _MEMBER_NAME.match(m):
+            raise BundleError(f"{json_path}: member name {m!r} is not a plain name")
+        try:
+            members[m] = load_bundle(root / MEMBERS_DIR / m, device=dev)
+        except BundleError as exc:
+            raise BundleError(f"{root}: member {m!r}: {exc}") from exc
     machine = meta.get("machine") if isinstance(meta.get("machine"), dict) else {}
     return Bundle(
         path=root,
         name=name,
+        kind=kind,
         machine=str(machine.get("type", "")),
         ids=[str(i) for i in machine.get("ids", [])],
         feature=feature,
+        stages=stages,
+        detector=detector,
         sample_rate=sample_rate,
         threshold=threshold,
         threshold_method=str(meta["threshold"].get("method", "unknown")),
+        per_id_thresholds=per_id,
         window_seconds=window,
         hop_seconds=hop,
-        detector=detector,
         device=dev,
+        learned=learned,
+        members=members,
         meta=meta,
     )
+
+
+def _restore(cls: type, params: dict[str, Any], state: dict[str, torch.Tensor], learned: Any,
+             device: torch.device, root: Path) -> Any:
+    """An unfitted twin from the stored hyper-parameters, then its learned state; runs no stored code."""
+    try:
+        obj = cls.from_params(params)
+        if "device" in obj.param_names():
+            obj.set_params(device=str(device))
+        obj.load_state_dict(state, learned if isinstance(learned, dict) else None)
+    except (TypeError, ValueError) as exc:
+        raise BundleError(f"{root}: weights do not fit {cls.name!r}: {exc}") from exc
+    return obj
+
+
+def _upgrade_schema1(meta: dict[str, Any]) -> dict[str, Any]:
+    """Read a schema-1 bundle.json as schema 2: no stages, no members, a detector bundle (its unprefixed weights
+    are the detector's; `load_bundle` prefixes them)."""
+    meta = dict(meta)
+    weights = meta.get("weights") if isinstance(meta.get("weights"), dict) else {}
+    meta.setdefault("weights_sha256", weights.get("sha256"))
+    meta.setdefault("versions", meta.get("software", {}))
+    meta.update(kind="detector", stages=[], members=[], learned={})
+    if isinstance(meta.get("threshold"), dict):
+        meta["threshold"] = {**meta["threshold"], "per_id": {}}
+    return meta

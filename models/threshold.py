@@ -37,12 +37,19 @@ def fit_threshold(
     q: float = 0.9,
     percentile: float | None = None,
     value: float | None = None,
+    margin: float = 1.0,
 ) -> tuple[float, dict[str, Any]]:
     """Return `(threshold, info)`; `info` records the method and its parameters for the bundle.
 
     gamma: quantile `q` of a gamma fit to `scores`. percentile: `np.percentile(scores, percentile)`.
-    fixed: `value` (scores are not needed).
+    fixed: `value` (scores are not needed). `margin` multiplies a fitted threshold (e.g. 1.15 x the 99th
+    percentile keeps normal windows below an alarm's clear level).
     """
+    if margin != 1.0:
+        if not (math.isfinite(margin) and margin > 0):
+            raise ValueError(f"threshold margin must be positive, got {margin!r}")
+        thr, info = fit_threshold(scores, method, q=q, percentile=percentile, value=value)
+        return thr * margin, {**info, "margin": float(margin)}
     if method == "fixed":
         if value is None or not math.isfinite(float(value)):
             raise ValueError(f"fixed threshold needs a finite value, got {value!r}")

@@ -12,28 +12,10 @@ from __future__ import annotations
 
 import uuid
 from collections import deque
-from dataclasses import dataclass
 from typing import Callable
 
+from monitor.config import AlarmPolicy
 from monitor.events import AlarmEvent
-
-
-@dataclass(frozen=True)
-class AlarmPolicy:
-    k: int = 3
-    n: int = 5
-    hysteresis: float = 0.9
-    hold_seconds: float = 3.0
-    cooldown_seconds: float = 10.0
-    update_interval_seconds: float = 1.0
-
-    def __post_init__(self) -> None:
-        if not 1 <= self.k <= self.n:
-            raise ValueError(f"alarm policy needs 1 <= k <= n, got k={self.k}, n={self.n}")
-        if not 0 < self.hysteresis <= 1:
-            raise ValueError(f"hysteresis must be in (0, 1], got {self.hysteresis}")
-        if min(self.hold_seconds, self.cooldown_seconds, self.update_interval_seconds) < 0:
-            raise ValueError("hold, cooldown and update interval must not be negative")
 
 
 def uuid_ids() -> str:

@@ -37,6 +37,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--duration", type=float, metavar="SECONDS",
                    help="stop each replay/demo stream after this much audio")
     p.add_argument("--node", metavar="NAME", help="instance name in MQTT topics (default: host name)")
+    p.add_argument("--id", dest="machine_id", metavar="MACHINE_ID",
+                   help="machine id of the sources (e.g. id_00): selects per-id thresholds, required by per-id models")
     p.add_argument("-v", "--verbose", action="count", default=0, help="more logging (-vv for debug)")
     return p
 
@@ -48,6 +50,8 @@ def apply_args(cfg: MonitorConfig, args: argparse.Namespace) -> MonitorConfig:
         data["node"] = args.node
     if args.bundle:
         data["bundle"] = args.bundle
+    if args.machine_id:
+        data["machine_id"] = args.machine_id
     data["sources"] += [{"device": d} for d in args.device] + [{"replay": [r]} for r in args.replay]
     if args.speed is not None:
         data["replay"]["speed"] = args.speed
@@ -96,7 +100,7 @@ def run(args: argparse.Namespace) -> int:
                 cfg.sinks.prometheus.enabled = True
                 cfg.sinks.prometheus.port = DEMO_PROMETHEUS_PORT
             synth_bundle = load_or_train()
-            synth = demo_streams(synth_bundle)
+            synth = demo_streams()
         tui = cfg.sinks.tui.enabled and sys.stdout.isatty()
         daemon = Daemon(cfg, synth=synth, synth_bundle=synth_bundle, tui=tui)
         return asyncio.run(daemon.run())

@@ -11,12 +11,21 @@ import os
 import re
 import socket
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Literal, Mapping
+from urllib.parse import unquote, urlsplit
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
-from monitor.sinks.mqtt import MqttSettings
 
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
@@ -29,8 +38,11 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
-class AlarmPolicyConfig(_Strict):
-    """k-of-n raising, hysteresis + hold clearing, cooldown between alarms (see monitor.alarms)."""
+class AlarmPolicy(BaseModel):
+    """k-of-n raising, hysteresis + hold clearing, cooldown between alarms (see monitor.alarms); the one place these
+    defaults live."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
 
     k: int = Field(3, ge=1, description="windows above threshold needed to raise")
     n: int = Field(5, ge=1, description="out of the last n windows")
@@ -40,7 +52,7 @@ class AlarmPolicyConfig(_Strict):
     update_interval_seconds: float = Field(1.0, ge=0, description="at most one `update` event per interval")
 
     @model_validator(mode="after")
-    def _k_le_n(self) -> "AlarmPolicyConfig":
+    def _k_le_n(self) -> "AlarmPolicy":
         if self.k > self.n:
             raise ValueError(f"alarms.k ({self.k}) must not exceed alarms.n ({self.n})")
         return self
@@ -55,6 +67,7 @@ class SourceConfig(_Strict):
     channel: int = Field(0, ge=0, description="0-based input channel to monitor")
     bundle: Path | None = None
     threshold: float | None = None
+    machine_id: str | None = Field(None, description="which machine this is (e.g. id_00), for per-id bundles")
     enabled: bool = True
 
     @field_validator("replay", mode="before")
@@ -92,8 +105,94 @@ class JsonlConfig(_Strict):
     include_counters: bool = False
 
 
+class MqttTls(BaseModel):
+    """TLS files for `mqtts://` (system CAs when `ca_file` is unset); `insecure` turns off certificate and
+    host-name checks, for a self-signed test broker only."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    ca_file: str | None = None
+    cert_file: str | None = None
+    key_file: str | None = None
+    insecure: bool = False
+
+    @field_validator("ca_file", "cert_file", "key_file")
+    @classmethod
+    def _readable(cls, path: str | None, info: ValidationInfo) -> str | None:
+        if path is not None and not Path(path).is_file():
+            raise ValueError(f"MQTT TLS {info.field_name} {path!r} is not a readable file")
+        return path
+
+
+class MqttSettings(BaseModel):
+    """Broker connection and topic layout. Credentials given in the URL are moved into `username`/`password`
+    so that the URL (which may be logged) never carries the password."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    url: str = "mqtt://127.0.0.1:1883"
+    username: str | None = None
+    password: SecretStr | None = None
+    client_id: str | None = None
+    tls: MqttTls = Field(default_factory=MqttTls)
+    qos: Literal[0, 1, 2] = 1
+    keepalive: int = Field(default=30, ge=5, le=3600)
+    base_topic: str = "asd"
+    ha_discovery: bool = True
+    ha_prefix: str = "homeassistant"
+    outbox_size: int = Field(default=1000, ge=1)
+    score_interval: float = Field(default=1.0, ge=0.0)
+    reconnect_min: float = Field(default=0.5, gt=0.0)
+    reconnect_max: float = Field(default=30.0, gt=0.0)
+    close_timeout: float = Field(default=5.0, gt=0.0)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _credentials_out_of_url(cls, data: Any) -> Any:
+        if not isinstance(data, dict) or not isinstance(data.get("url"), str):
+            return data
+        parts = urlsplit(data["url"])
+        if parts.scheme not in ("mqtt", "mqtts"):
+            raise ValueError(f"MQTT url must start with mqtt:// or mqtts://, got scheme {parts.scheme!r}")
+        if not parts.hostname:
+            raise ValueError("MQTT url has no host name")
+        try:
+            parts.port  # noqa: B018 - raises on a non-numeric port
+        except ValueError as exc:
+            raise ValueError(f"MQTT url has a bad port: {exc}") from None
+        if parts.username is None and parts.password is None:
+            return data
+        data = dict(data)
+        if parts.username and not data.get("username"):
+            data["username"] = unquote(parts.username)
+        if parts.password is not None and not data.get("password"):
+            data["password"] = unquote(parts.password)
+        netloc = parts.hostname if ":" not in parts.hostname else f"[{parts.hostname}]"
+        if parts.port is not None:
+            netloc += f":{parts.port}"
+        data["url"] = parts._replace(netloc=netloc).geturl()
+        return data
+
+    @property
+    def use_tls(self) -> bool:
+        return urlsplit(self.url).scheme == "mqtts"
+
+    @property
+    def host(self) -> str:
+        return urlsplit(self.url).hostname or ""
+
+    @property
+    def port(self) -> int:
+        return urlsplit(self.url).port or (8883 if self.use_tls else 1883)
+
+
+def parse_mqtt_url(url: str, **overrides: Any) -> MqttSettings:
+    """Build settings from `--mqtt URL` (`mqtt[s]://[user[:pass]@]host[:port]`); `overrides` set other fields."""
+    return MqttSettings(url=url, **overrides)
+
+
 class SinksConfig(_Strict):
-    mqtt: MqttSettings | None = None  # monitor.sinks.mqtt owns the broker settings (URL, TLS, auth, topics)
+    mqtt: MqttSettings | None = None
     prometheus: PrometheusConfig = Field(default_factory=PrometheusConfig)
     tui: TuiConfig = Field(default_factory=TuiConfig)
     jsonl: JsonlConfig = Field(default_factory=JsonlConfig)
@@ -122,9 +221,10 @@ class ReplayConfig(_Strict):
 class MonitorConfig(_Strict):
     node: str = Field(default_factory=lambda: socket.gethostname().split(".")[0] or "asd")
     bundle: Path | None = None
+    machine_id: str | None = Field(None, description="machine id of every source that does not give its own")
     sources: list[SourceConfig] = Field(default_factory=list)
     pipeline: PipelineConfig = Field(default_factory=PipelineConfig)
-    alarms: AlarmPolicyConfig = Field(default_factory=AlarmPolicyConfig)
+    alarms: AlarmPolicy = Field(default_factory=AlarmPolicy)
     replay: ReplayConfig = Field(default_factory=ReplayConfig)
     sinks: SinksConfig = Field(default_factory=SinksConfig)
 

@@ -11,11 +11,10 @@ import logging
 import signal
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Protocol
+from typing import TYPE_CHECKING, Callable, Protocol
 
 import numpy as np
 
-from monitor.alarms import AlarmPolicy
 from monitor.config import MonitorConfig, SourceConfig
 from monitor.events import CounterEvent, Event, Sink
 from monitor.pipeline import Pipeline
@@ -31,16 +30,18 @@ from monitor.sources import (
     source_name,
 )
 
+if TYPE_CHECKING:
+    from models.bundle import Bundle
+
 log = logging.getLogger(__name__)
 
 
-
 class SynthSpec(Protocol):
-    """A generated stream (the demo's machines): a name, `generate(n) -> float32[n]`, its threshold."""
+    """A generated stream (the demo's machines): a name, `generate(n) -> float32[n]`, its machine id."""
 
     name: str
     generate: Callable[[int], np.ndarray]
-    threshold: float
+    machine_id: str | None
 
 
 class DaemonError(RuntimeError):
@@ -67,7 +68,7 @@ class Fanout:
 @dataclass
 class _Entry:
     source: Source
-    bundle: Any
+    bundle: "Bundle | None"
     threshold: float | None
     problem: str | None  # why the source cannot run, or None
 
@@ -82,7 +83,7 @@ class Daemon:
         self,
         cfg: MonitorConfig,
         synth: list[SynthSpec] | None = None,
-        synth_bundle: Any = None,
+        synth_bundle: "Bundle | None" = None,
         sinks: list[Sink] | None = None,
         tui: bool = True,
     ) -> None:
@@ -93,11 +94,11 @@ class Daemon:
         self._extra_sinks = sinks or []
         self._tui = tui
         self.stop_event = asyncio.Event()
-        self._bundles: dict[Path, Any] = {}
+        self._bundles: dict[Path, "Bundle"] = {}
 
     # -- bundles -----------------------------------------------------------------------------------------------------
 
-    def _bundle(self, path: Path) -> Any:
+    def _bundle(self, path: Path) -> "Bundle":
         """Each bundle directory is loaded once: sources sharing it share one object, hence one batched group."""
         from models.bundle import load_bundle
 
@@ -150,7 +151,7 @@ class Daemon:
                 continue
             spec = str(sc.device) if sc.device is not None else (sc.replay or ["replay"])[0]
             name = sc.name or source_name(spec, taken)
-            bundle, problem = self._bundle_for(name, sc)
+            bundle, problem = self._bundle_for(name, sc, sc.machine_id or cfg.machine_id)
             rate = int(bundle.sample_rate) if bundle is not None else 16000
             queue = BlockQueue(p.queue_blocks)
             src: Source
@@ -161,28 +162,42 @@ class Daemon:
                 paths = expand_replay_paths(sc.replay or [])
                 src = ReplaySource(name, paths, queue, self.fanout.publish, rate, p.block_seconds, r.speed,
                                    r.duration_seconds, loop=r.loop)
+            src.machine_id = sc.machine_id or cfg.machine_id
             out.append(_Entry(src, bundle, sc.threshold, problem))
         for spec in self.synth:
+            assert self.synth_bundle is not None
             src = SynthSource(spec.name, spec.generate, BlockQueue(p.queue_blocks), self.fanout.publish,
                               self.synth_bundle.sample_rate, p.block_seconds, r.speed, r.duration_seconds)
-            out.append(_Entry(src, self.synth_bundle, spec.threshold, None))
+            src.machine_id = spec.machine_id
+            out.append(_Entry(src, self.synth_bundle, None, None))
         if not out:
             raise DaemonError("nothing to monitor: give --device, --replay, --demo or `sources:` in --config")
         return out
 
-    def _bundle_for(self, name: str, sc: SourceConfig) -> tuple[Any, str | None]:
-        """A source's own bundle failing stops that source only; the default bundle failing stops the daemon."""
+    def _bundle_for(self, name: str, sc: SourceConfig, machine_id: str | None) -> tuple["Bundle | None", str | None]:
+        """A source's own bundle failing (to load, or to fit the source) stops that source only; the default
+        bundle failing stops the daemon."""
         from models.bundle import BundleError
 
         path = sc.bundle or self.cfg.bundle
         if path is None:
             raise DaemonError(f"source {name}: no bundle (give --bundle DIR or sources[].bundle in the config)")
         try:
-            return self._bundle(path), None
+            bundle = self._bundle(path)
         except (BundleError, OSError, ValueError) as exc:
-            if sc.bundle is None:
-                raise DaemonError(f"cannot load bundle {path}: {exc}") from exc
-            return None, f"cannot load bundle {path}: {exc}"
+            problem = f"cannot load bundle {path}: {exc}"
+        else:
+            try:
+                if bundle.feature.input_kind != "audio":
+                    raise BundleError(f"it scores pre-computed {bundle.feature.kind}, not audio "
+                                      "(score its files with `asd-offline score`)")
+                bundle.check_machine_id(machine_id)
+                return bundle, None
+            except BundleError as exc:
+                problem = f"bundle {path} cannot score source {name}: {exc}"
+        if sc.bundle is None:
+            raise DaemonError(problem)
+        return None, problem
 
     # -- run ---------------------------------------------------------------------------------------------------------
 
@@ -201,14 +216,14 @@ class Daemon:
         self.stop_event.set()
 
     async def _run(self) -> int:
-        p, a = self.cfg.pipeline, self.cfg.alarms
+        p = self.cfg.pipeline
         _set_torch_threads(p.torch_threads)
-        policy = AlarmPolicy(a.k, a.n, a.hysteresis, a.hold_seconds, a.cooldown_seconds, a.update_interval_seconds)
-        pipeline = Pipeline(self.fanout.publish, policy, p.device, p.silence_dbfs, p.clipping_fraction)
+        pipeline = Pipeline(self.fanout.publish, self.cfg.alarms, p)
         entries = self._build_sources()
         good = [e for e in entries if e.problem is None]
         for e in good:
-            pipeline.add_source(e.source, e.bundle, e.threshold, p.window_seconds, p.hop_seconds)
+            assert e.bundle is not None
+            pipeline.add_source(e.source, e.bundle, e.threshold)
         sinks = self._build_sinks([e.source.name for e in entries], ",".join(pipeline.models))
         self.fanout.sinks = sinks
         for sink in sinks:

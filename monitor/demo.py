@@ -15,15 +15,18 @@ import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 
 from models.synth.voices import MachineVoice
 
+if TYPE_CHECKING:
+    from models.bundle import Bundle
+
 log = logging.getLogger(__name__)
 
-DEMO_VERSION = 2  # bump when the recipe below changes: a new cache directory is trained
+DEMO_VERSION = 3  # bump when the recipe below changes: a new cache directory is trained
 SAMPLE_RATE = 16000
 MACHINES = ("fan", "pump", "valve")
 FAULTY = ("fan", "bearing")
@@ -43,7 +46,7 @@ CLEAR_MARGIN = 1.15  # threshold = this x the 99th percentile of normal windows:
 class DemoStream:
     name: str
     generate: Callable[[int], np.ndarray]
-    threshold: float
+    machine_id: str  # the machine's name: the bundle holds a threshold per demo machine
 
 
 def cache_dir() -> Path:
@@ -57,34 +60,31 @@ def _windows(x: np.ndarray) -> list[np.ndarray]:
 
 
 def train_demo_bundle(out: Path) -> Path:
-    """Fit the DCASE AE baseline (quick settings) on normal audio of all demo machines; per-machine thresholds go
-    into the bundle's `extra`: a margin above the 99th percentile of held-out normal window scores, so that normal
-    windows sit below the alarm's clear level (0.9 x threshold) and a recovered machine's alarm ends. (A gamma
-    quantile, the DCASE default, follows single outlier windows of the valve's strokes far up.)"""
-    from models.bundle import save_bundle
+    """Fit the DCASE AE baseline (quick settings) on normal audio of all demo machines through the training
+    recipe's tensors-in entry, with each machine as a machine id. Its per-id thresholds are a margin above the 99th
+    percentile of held-out normal window scores, so that normal windows sit below the alarm's clear level
+    (0.9 x threshold) and a recovered machine's alarm ends. (A gamma quantile, the DCASE default, follows single
+    outlier windows of the valve's strokes far up.)"""
     from models.detectors import get_detector
-    from models.features import feature_from_dict
+    from models.training.recipe import build_spec, fit_bundle
 
-    det_cls = get_detector("dcase_ae")
-    feature = feature_from_dict({**det_cls.default_feature, "sample_rate": SAMPLE_RATE})
+    quick = get_detector("dcase_ae").quick_params
+    spec = build_spec("dcase_ae", {"params": {**quick, "device": "cpu"}, "feature": {"sample_rate": SAMPLE_RATE},
+                                   "window_seconds": WINDOW_SECONDS, "hop_seconds": HOP_SECONDS})
+    spec.threshold = {"method": "percentile", "percentile": THRESHOLD_PERCENTILE, "margin": CLEAR_MARGIN}
     n_clip = int(CLIP_SECONDS * SAMPLE_RATE)
-    clips = []
+    fit, fit_ids, hold, hold_ids = [], [], [], []
     for m in MACHINES:
         voice = MachineVoice(m, 0, SAMPLE_RATE, seed=0)
-        clips += [voice.generate(n_clip) for _ in range(TRAIN_CLIPS)]
-    det = det_cls(**{**det_cls.quick_params, "device": "cpu"})
-    det.fit(feature.extract_batch(clips))
-    thresholds: dict[str, float] = {}
-    for m in MACHINES:
+        fit += spec.feature.extract_batch([voice.generate(n_clip) for _ in range(TRAIN_CLIPS)])
+        fit_ids += [m] * TRAIN_CLIPS
         held_out = MachineVoice(m, 0, SAMPLE_RATE, seed=0, instance=1).generate(int(HELD_OUT_SECONDS * SAMPLE_RATE))
-        scores = det.score(feature.extract_batch(_windows(held_out)))
-        thresholds[m] = CLEAR_MARGIN * float(np.percentile(scores, THRESHOLD_PERCENTILE))
-    info = {"method": "percentile", "percentile": THRESHOLD_PERCENTILE, "margin": CLEAR_MARGIN,
-            "per_machine": thresholds}
-    summary = {"machines": list(MACHINES), "clips": len(clips), "clip_seconds": CLIP_SECONDS, "synthetic": True}
-    return save_bundle(out, det, feature, max(thresholds.values()), info, "demo", ["00"], summary,
-                       window_seconds=WINDOW_SECONDS, hop_seconds=HOP_SECONDS,
-                       extra={"thresholds": thresholds, "generator": generator_fingerprint()})
+        windows = spec.feature.extract_batch(_windows(held_out))
+        hold += windows
+        hold_ids += [m] * len(windows)
+    summary = {"machines": list(MACHINES), "clips": len(fit), "clip_seconds": CLIP_SECONDS, "synthetic": True}
+    return fit_bundle(out, spec, fit, fit_ids, hold, hold_ids, machine="demo", summary=summary,
+                      extra={"generator": generator_fingerprint()})
 
 
 def generator_fingerprint() -> str:
@@ -98,7 +98,7 @@ def generator_fingerprint() -> str:
     return digest.hexdigest()[:16]
 
 
-def load_or_train(path: Path | None = None) -> Any:
+def load_or_train(path: Path | None = None) -> "Bundle":
     """The cached demo bundle, trained first when missing, unreadable or stale."""
     from models.bundle import BundleError, load_bundle
 
@@ -116,9 +116,8 @@ def load_or_train(path: Path | None = None) -> Any:
     return load_bundle(path, device="cpu")
 
 
-def demo_streams(bundle: Any) -> list[DemoStream]:
+def demo_streams() -> list[DemoStream]:
     """The three machines as endless generators; the faulty one switches its fault on and off by audio time."""
-    thresholds = bundle.meta.get("extra", {}).get("thresholds", {})
     streams = []
     for m in MACHINES:
         fault = FAULTY[1] if m == FAULTY[0] else None
@@ -126,11 +125,11 @@ def demo_streams(bundle: Any) -> list[DemoStream]:
         if fault is not None:
             boosted = {fault: FAULT_BOOST * voice.strength[fault]}
             voice = MachineVoice(m, 0, SAMPLE_RATE, seed=0, instance=2, strength=boosted)
-        streams.append(DemoStream(m, _scheduled(voice, fault), float(thresholds.get(m, bundle.threshold))))
+        streams.append(DemoStream(m, _scheduled(voice, fault), m))
     return streams
 
 
-def _scheduled(voice: Any, fault: str | None) -> Callable[[int], np.ndarray]:
+def _scheduled(voice: MachineVoice, fault: str | None) -> Callable[[int], np.ndarray]:
     start, end = int(FAULT_START * SAMPLE_RATE), int((FAULT_START + FAULT_SECONDS) * SAMPLE_RATE)
     pos = 0
 

@@ -1,10 +1,9 @@
-"""Streaming scoring: audio blocks of all sources -> features -> batched scores -> windows -> alarms.
+"""Streaming scoring: audio blocks of all sources -> the bundle's stream scorer -> windows -> alarms.
 
-Per bundle, all its sources share one `LogMelBatchStream`, so every tick computes the new frames of all streams in
-one FFT + matmul. A frame-level detector then scores every new vector exactly once, in one `score_vectors` call
-for all sources, and a window score is the mean of the last W vector scores (windows overlap; vectors are not
-re-scored). Other detectors keep the last W feature vectors per source and score all ready windows in one
-`score_features` call.
+The pipeline owns clocks, signal health (silence, clipping, NaN), gaps, resampling, alarms and events; everything
+about features, stages and detectors is behind `Bundle.stream_scorer` (models/scoring.py). Sources that share a
+bundle object and window share one scorer, so each tick computes the new features of all of them in one call and
+scores them in one batched call (a vector-level model scores each new vector exactly once).
 
 The numeric work of a tick runs in a worker thread (`asyncio.to_thread`); the event loop only moves blocks and
 events, so capture callbacks and sinks stay responsive while a tick computes.
@@ -17,14 +16,19 @@ import logging
 import math
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Protocol
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 import torch
 
-from monitor.alarms import AlarmPolicy, AlarmTracker, uuid_ids
+from monitor.alarms import AlarmTracker, uuid_ids
+from monitor.config import AlarmPolicy, PipelineConfig
 from monitor.events import AlarmEvent, CounterEvent, Event, ScoreUpdate, SourceStatus
 from monitor.sources import AudioBlock, Source
+
+if TYPE_CHECKING:
+    from models.bundle import Bundle
+    from models.scoring import StreamScorer
 
 log = logging.getLogger(__name__)
 
@@ -33,20 +37,6 @@ CLIP_LEVEL = 0.999  # |sample| at or above this counts as clipped
 # a tick over tens of seconds of hundreds of streams needs gigabytes of temporaries and runs slower per second of
 # audio than small ticks, so it falls further behind. Bounded ticks keep memory flat and catch up.
 MAX_TICK_SECONDS = 1.0
-
-
-class BundleLike(Protocol):
-    """What the pipeline needs from `models.bundle.Bundle`."""
-
-    name: str
-    sample_rate: int
-    threshold: float
-    window_seconds: float
-    hop_seconds: float
-    feature: Any
-    detector: Any
-
-    def score_features(self, clips: list[torch.Tensor]) -> np.ndarray: ...
 
 
 class StreamResampler:
@@ -98,12 +88,10 @@ class _Slot:
     """One source inside the pipeline."""
 
     source: Source
-    index: int  # stream index in the group's batch stream
+    index: int  # stream index in the group's scorer
     tracker: AlarmTracker
     resampler: StreamResampler | None = None
-    ring: np.ndarray | torch.Tensor | None = None  # last W vector scores (frame level) or vectors
-    since_emit: int | None = None  # vectors since the last emitted window (None: none since the last reset)
-    tail: int = 0  # samples after the newest vector's end (to time-stamp windows)
+    fed: int = 0  # samples given to the scorer since its stream was last reset (window ends count in these)
     state: str | None = None  # the source's state as this tick has left it (statuses are applied on the loop)
     last_time: float = 0.0
     last_arrival: float = 0.0
@@ -117,12 +105,10 @@ class _Slot:
 
 @dataclass
 class _Group:
-    """The sources scored by one bundle."""
+    """The sources scored by one bundle with one window and hop."""
 
-    bundle: BundleLike
-    stream: Any  # LogMelBatchStream
-    window: int  # W: vectors per window
-    hop: int  # H: vectors per hop
+    bundle: "Bundle"
+    scorer: "StreamScorer"
     slots: list[_Slot] = field(default_factory=list)
 
 
@@ -144,16 +130,12 @@ class Pipeline:
         self,
         emit: Callable[[Event], None],
         policy: AlarmPolicy | None = None,
-        device: str | torch.device = "cpu",
-        silence_dbfs: float = -70.0,
-        clipping_fraction: float = 0.01,
+        settings: PipelineConfig | None = None,
         new_id: Callable[[], str] = uuid_ids,
     ) -> None:
         self.emit = emit
         self.policy = policy or AlarmPolicy()
-        self.device = device
-        self.silence_dbfs = silence_dbfs
-        self.clipping_fraction = clipping_fraction
+        self.settings = settings or PipelineConfig()
         self.new_id = new_id
         self._groups: dict[tuple[int, float, float], _Group] = {}
         self._slots: dict[str, tuple[_Group, _Slot]] = {}
@@ -164,29 +146,32 @@ class Pipeline:
     def add_source(
         self,
         source: Source,
-        bundle: BundleLike,
+        bundle: "Bundle",
         threshold: float | None = None,
         window_seconds: float | None = None,
         hop_seconds: float | None = None,
     ) -> None:
-        """Score `source` with `bundle`; sources with the same bundle object (and window) are batched together."""
+        """Score `source` with `bundle`; sources with the same bundle object (and window) are batched together.
+
+        Window and hop: the arguments, else the pipeline settings, else the bundle's. The threshold: the argument,
+        else the bundle's for the source's machine id. A bundle that cannot score this source (it needs a machine
+        id the source does not give, or it takes pre-computed vectors, not audio) is a ValueError."""
         if source.name in self._slots:
             raise ValueError(f"duplicate source name {source.name!r}")
-        window_s = window_seconds or bundle.window_seconds
-        hop_s = hop_seconds or bundle.hop_seconds
-        cfg = bundle.feature
+        if bundle.feature.input_kind != "audio":
+            raise ValueError(f"bundle {bundle.path} scores pre-computed {bundle.feature.kind}, not audio: "
+                             "score its files with `asd-offline score`")
+        bundle.check_machine_id(source.machine_id)
+        window_s = window_seconds or self.settings.window_seconds or bundle.window_seconds
+        hop_s = hop_seconds or self.settings.hop_seconds or bundle.hop_seconds
         key = (id(bundle), window_s, hop_s)
         group = self._groups.get(key)
         if group is None:
-            window = cfg.n_vectors(int(round(window_s * bundle.sample_rate)))
-            if window < 1:
-                raise ValueError(f"window of {window_s} s is shorter than one feature vector of {bundle.name}")
-            hop = max(1, int(round(hop_s * bundle.sample_rate / cfg.hop_length)))
-            group = _Group(bundle, cfg.batch_stream(0, self.device), window, hop)
-            self._groups[key] = group
-        thr = float(bundle.threshold if threshold is None else threshold)
+            scorer = bundle.stream_scorer(0, window_s, hop_s, device=self.settings.device)
+            group = self._groups[key] = _Group(bundle, scorer)
+        thr = float(bundle.threshold_for(source.machine_id) if threshold is None else threshold)
         tracker = AlarmTracker(source.name, bundle.name, thr, self.policy, self.new_id)
-        slot = _Slot(source, group.stream.add_stream(), tracker)
+        slot = _Slot(source, group.scorer.add_stream(source.machine_id), tracker)
         group.slots.append(slot)
         self._slots[source.name] = (group, slot)
         source.queue.wake = self.wake
@@ -243,7 +228,7 @@ class Pipeline:
     # -- one tick (worker thread) ------------------------------------------------------------------------------------
 
     def process(self, drained: dict[str, list[AudioBlock]]) -> list[Event]:
-        """Feature-extract and score everything that arrived; returns the events in order."""
+        """Score everything that arrived; returns the events in order."""
         events: list[Event] = []
         with torch.inference_mode():
             for group in self._groups.values():
@@ -260,25 +245,27 @@ class Pipeline:
         """Usually one round; a gap inside the drained blocks splits a source's audio into rounds so that the
         audio before the gap is scored in its own context before the stream restarts."""
         events: list[Event] = []
+        sr = group.bundle.sample_rate
         for slot, _ in work.values():
             slot.state = slot.source.state
         for r in range(max(len(runs) for _, runs in work.values())):
             t0 = time.perf_counter()
-            chunks: list[np.ndarray | None] = [None] * len(group.stream)
+            chunks: list[np.ndarray | None] = [None] * len(group.scorer)
             for i, (slot, runs) in work.items():
                 if r < len(runs):
                     chunks[i] = self._prepare(group, slot, runs[r], events)
             if all(c is None for c in chunks):
                 continue
-            vectors = {i: v for i, v in enumerate(group.stream.accept(chunks)) if v.shape[0]}
-            cfg = group.bundle.feature
-            for i in vectors:  # samples between the end of the newest vector's last frame and the end of the audio
-                work[i][0].tail = group.stream.pending_samples(i) + cfg.hop_length - cfg.n_fft
-            windows = self._score(group, vectors, work)
+            windows = group.scorer.accept(chunks)
             inference = time.perf_counter() - t0
             now = time.time()
-            for slot, score, after in windows:
-                events += self._window_events(group, slot, score, after, inference, now)
+            for i, found in enumerate(windows):
+                if not found:
+                    continue
+                slot = work[i][0]
+                for end, score in found:
+                    t = slot.last_time - (slot.fed - end) / sr
+                    events += self._window_events(group, slot, score, t, inference, now)
         return events
 
     def _prepare(self, group: _Group, slot: _Slot, run: _Run, events: list[Event]) -> np.ndarray | None:
@@ -302,6 +289,7 @@ class Pipeline:
             return None
         slot.last_time = run.end_time
         slot.last_arrival = run.arrival
+        slot.fed += samples.size
         # not np.dot: above a few thousand elements it wakes the BLAS thread pool, which costs milliseconds per call
         # while torch's threads hold the cores
         slot.sumsq += float(np.square(samples, dtype=np.float64).sum())
@@ -312,64 +300,15 @@ class Pipeline:
     @staticmethod
     def _reset(group: _Group, slot: _Slot) -> None:
         """Restart the slot's stream after a gap: no frame or window straddles it."""
-        group.stream.reset(slot.index)
+        group.scorer.reset(slot.index)
         if slot.resampler is not None:
             slot.resampler.reset()
-        slot.ring = None
-        slot.since_emit = None
-
-    def _score(
-        self, group: _Group, vectors: dict[int, torch.Tensor], work: dict[int, tuple[_Slot, list[_Run]]]
-    ) -> list[tuple[_Slot, float, int]]:
-        """(slot, window score, vectors after the window's end) for every window completed by `vectors`."""
-        if not vectors:
-            return []
-        det = group.bundle.detector
-        order = sorted(vectors)
-        if det.frame_level:
-            # every new vector of every source of this bundle in one call; each vector is scored exactly once
-            scores = det.score_vectors(torch.cat([vectors[i] for i in order])).double().cpu().numpy()
-            out: list[tuple[_Slot, float, int]] = []
-            offset = 0
-            for i in order:
-                k = vectors[i].shape[0]
-                slot, new = work[i][0], scores[offset : offset + k]
-                offset += k
-                hist, ends = self._advance(slot, new, group, np.concatenate)
-                csum = np.concatenate([[0.0], np.cumsum(hist)])
-                out += [(slot, float((csum[e] - csum[e - group.window]) / group.window), hist.size - e) for e in ends]
-            return out
-        ready: list[tuple[_Slot, torch.Tensor, int]] = []
-        for i in order:
-            slot = work[i][0]
-            hist, ends = self._advance(slot, vectors[i], group, torch.cat)
-            ready += [(slot, hist[e - group.window : e], hist.shape[0] - e) for e in ends]
-        if not ready:
-            return []
-        clip_scores = group.bundle.score_features([w for _, w, _ in ready])
-        return [(slot, float(s), after) for (slot, _, after), s in zip(ready, clip_scores)]
-
-    @staticmethod
-    def _advance(slot: _Slot, new: Any, group: _Group, cat: Callable[[list[Any]], Any]) -> tuple[Any, list[int]]:
-        """Append `new` (scores or vectors) to the slot's ring; return the history and the end positions (in it) of
-        the windows to emit: the first as soon as W vectors are there, then one every H vectors."""
-        hist = new if slot.ring is None else cat([slot.ring, new])
-        base = len(hist) - len(new)
-        ends = []
-        for j in range(len(new)):
-            if slot.since_emit is not None:
-                slot.since_emit += 1
-            if base + j + 1 >= group.window and (slot.since_emit is None or slot.since_emit >= group.hop):
-                ends.append(base + j + 1)
-                slot.since_emit = 0
-        slot.ring = hist[-group.window :]
-        return hist, ends
+        slot.fed = 0
 
     def _window_events(
-        self, group: _Group, slot: _Slot, score: float, after: int, inference: float, now: float
+        self, group: _Group, slot: _Slot, score: float, t: float, inference: float, now: float
     ) -> list[Event]:
-        bundle = group.bundle
-        t = slot.last_time - (slot.tail + after * bundle.feature.hop_length) / bundle.sample_rate
+        silence_dbfs, clipping_fraction = self.settings.silence_dbfs, self.settings.clipping_fraction
         if slot.n_level:  # several windows in one tick share the level of the audio that completed them
             slot.level = 10 * math.log10(slot.sumsq / slot.n_level) if slot.sumsq > 0 else float("-inf")
             slot.clipped = slot.n_clipped / slot.n_level
@@ -377,19 +316,19 @@ class Pipeline:
         level = slot.level
         events: list[Event] = []
         state = "online"
-        if level < self.silence_dbfs:
+        if level < silence_dbfs:
             state = "silent"
-        elif slot.clipped > self.clipping_fraction:
+        elif slot.clipped > clipping_fraction:
             state = "clipping"
         if slot.state in ("online", "silent", "clipping", "error") and slot.state != state:
-            detail = {"silent": f"level {level:.1f} dBFS below {self.silence_dbfs:g}", "clipping": "input clipping"}
+            detail = {"silent": f"level {level:.1f} dBFS below {silence_dbfs:g}", "clipping": "input clipping"}
             events.append(SourceStatus(slot.source.name, state, detail.get(state, ""), now))  # type: ignore[arg-type]
             slot.state = state
         alarm_events: list[AlarmEvent] = slot.tracker.update(score, t, suppressed=state != "online")
         events.append(
             ScoreUpdate(
                 source=slot.source.name,
-                model=bundle.name,
+                model=group.bundle.name,
                 score=score,
                 threshold=slot.tracker.threshold,
                 time=t,

@@ -124,6 +124,7 @@ class Source(ABC):
         self._emit = emit
         self._stopping = asyncio.Event()
         self.state: SourceState | None = None
+        self.machine_id: str | None = None  # which machine this is, for bundles that score per machine id
 
     def stop(self) -> None:
         self._stopping.set()

@@ -28,7 +28,7 @@ import argparse
 import logging
 import zlib
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
@@ -56,6 +56,12 @@ class MachineScores:
     scores: np.ndarray
     threshold: float | None = None
     bundle_path: Path | None = None
+    per_id: dict[str, float] = field(default_factory=dict)  # the bundle's per-id thresholds
+
+    def thresholds(self) -> np.ndarray:
+        """The decision threshold of each clip: its id's own, else the bundle's."""
+        assert self.threshold is not None
+        return np.array([self.per_id.get(c.id, self.threshold) for c in self.clips], dtype=float)
 
 
 def configure_parser(parser: argparse.ArgumentParser) -> None:
@@ -128,7 +134,7 @@ def _score_machine(
             for i in idx:
                 path, bundle = bundles[i]
                 try:
-                    s = np.asarray(bundle.score_wavs(wavs), dtype=float)
+                    s = np.asarray(bundle.score_wavs(wavs, ids=[c.id for c in batch]), dtype=float)
                 except ValueError as exc:
                     where = f"{batch[0].path} .. {batch[-1].path}"
                     raise ValueError(f"bundle {path} could not score {where}: {exc}") from exc
@@ -177,7 +183,8 @@ def _confusion(ms: MachineScores) -> Confusion | None:
     labeled = [i for i, c in enumerate(ms.clips) if c.label is not None]
     if ms.threshold is None or not labeled:
         return None
-    return confusion_at(_labels([ms.clips[i] for i in labeled]), ms.scores[labeled], ms.threshold)
+    return confusion_at(_labels([ms.clips[i] for i in labeled]), ms.scores[labeled], ms.threshold,
+                        ms.thresholds()[labeled])
 
 
 def machine_metrics(ms: MachineScores) -> dict[str, Any]:
@@ -194,6 +201,8 @@ def machine_metrics(ms: MachineScores) -> dict[str, Any]:
     out["n_clips"] = len(ms.clips)
     if ms.threshold is not None:
         out["threshold"] = ms.threshold
+        if ms.per_id:
+            out["threshold_per_id"] = dict(ms.per_id)
     conf = _confusion(ms)
     if conf is not None:
         out["confusion"] = conf.to_dict()
@@ -241,7 +250,7 @@ def evaluate(
         log.info("%s: %d %s clips, %d bundle(s)", machine, len(mclips), split, len(mbundles))
         scores, levels = _score_machine(mclips, mbundles, batch_size)
         for (path, b), s in zip(mbundles, scores):
-            runs[b.name][machine] = MachineScores(mclips, s, float(b.threshold), path)
+            runs[b.name][machine] = MachineScores(mclips, s, float(b.threshold), path, dict(b.per_id_thresholds))
         runs["chance"][machine] = MachineScores(mclips, chance_scores(machine, len(mclips), chance_seed))
         runs["rms_level"][machine] = MachineScores(mclips, levels)
 
@@ -276,7 +285,7 @@ def write_report(
         for machine, ms in machines.items():
             if ms.threshold is None:
                 continue
-            report.write_submission(folder / "submission", machine, ms.clips, ms.scores, ms.threshold)
+            report.write_submission(folder / "submission", machine, ms.clips, ms.scores, ms.threshold, ms.per_id)
             if not plots:
                 continue
             title = f"{name} / {machine}"

@@ -121,11 +121,13 @@ def decisions(scores: Sequence[float] | np.ndarray, threshold: float) -> np.ndar
 
 
 def confusion_at(
-    y_true: Sequence[int | bool] | np.ndarray, scores: Sequence[float] | np.ndarray, threshold: float
+    y_true: Sequence[int | bool] | np.ndarray, scores: Sequence[float] | np.ndarray, threshold: float,
+    per_clip: np.ndarray | None = None,
 ) -> Confusion:
-    """Confusion counts of the decisions `score > threshold` against the labels (anomaly = 1)."""
+    """Confusion counts of the decisions `score > threshold` against the labels (anomaly = 1); `per_clip`
+    thresholds (a bundle's per-id ones) replace the single threshold in the decisions when given."""
     y, s = _labels_scores(y_true, scores)
-    d = decisions(s, threshold)
+    d = decisions(s, threshold if per_clip is None else np.asarray(per_clip, dtype=float))
     return Confusion(
         threshold=float(threshold),
         tn=int(((y == 0) & (d == 0)).sum()),

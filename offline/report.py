@@ -100,10 +100,12 @@ def _row_names(paths: Sequence[Path]) -> list[str]:
 
 
 def write_submission(
-    folder: Path, machine: str, clips: Sequence[Clip], scores: np.ndarray, threshold: float
+    folder: Path, machine: str, clips: Sequence[Clip], scores: np.ndarray, threshold: float,
+    per_id: dict[str, float] | None = None,
 ) -> list[Path]:
     """`anomaly_score_<machine>_<id>.csv` (name, score) and `decision_result_<machine>_<id>.csv` (name, 0/1 with
-    1 = score > threshold), one pair per id, no header, as the DCASE 2020 Task 2 submission asks."""
+    1 = score > the id's threshold, its own from `per_id` or else `threshold`), one pair per id, no header, as the
+    DCASE 2020 Task 2 submission asks."""
     folder.mkdir(parents=True, exist_ok=True)
     by_id: dict[str, list[int]] = defaultdict(list)
     for i, clip in enumerate(clips):
@@ -113,7 +115,8 @@ def write_submission(
         names = _row_names([clips[i].path for i in idx])
         s = np.asarray(scores, dtype=float)[idx]
         stem = f"{safe_name(machine)}_{safe_name(ident)}.csv"
-        columns = (("anomaly_score", [repr(float(v)) for v in s]), ("decision_result", decisions(s, threshold)))
+        thr = (per_id or {}).get(ident, threshold)
+        columns = (("anomaly_score", [repr(float(v)) for v in s]), ("decision_result", decisions(s, thr)))
         for prefix, values in columns:
             path = folder / f"{prefix}_{stem}"
             with path.open("w", newline="") as f:

@@ -1,10 +1,12 @@
-"""`asd-offline score --bundle DIR FILE...`: one JSON line per file on stdout, in the order given.
+"""`asd-offline score --bundle DIR FILE... [--id ID]`: one JSON line per file on stdout, in the order given.
 
-A scored file gives `{"path", "score", "threshold", "anomalous"}` (anomalous = score > threshold). A file that
-cannot be scored (unreadable, truncated, wrong sample rate, too short for one feature vector...) gives
-`{"path", "error"}` and the others are still scored. Exit status: 0 when every file was scored, 1 when at least one
-file failed, 2 when the bundle itself cannot be loaded (nothing is scored then). Only the bundle directory is
-needed: feature config, detector and threshold all come from it.
+A scored file gives `{"path", "score", "threshold", "anomalous"}` (anomalous = score > threshold; the threshold is
+the id's own when the bundle has one for `--id`). A file that cannot be scored (unreadable, truncated, wrong sample
+rate, too short for one feature vector...) gives `{"path", "error"}` and the others are still scored. For a
+`vectors` bundle each FILE is an `.npz`/`.csv` of rows, and every row gets its own line with `row` and `name` (and
+the row's `id` when the file has ids and `--id` is not given). Exit status: 0 when everything was scored, 1 when at
+least one file failed, 2 when the bundle itself cannot be loaded or cannot score what it was given (nothing is
+scored then). Only the bundle directory is needed: feature config, stages, detector and thresholds come from it.
 """
 
 from __future__ import annotations
@@ -26,7 +28,10 @@ log = logging.getLogger(__name__)
 def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.epilog = "exit status: 0 every file scored, 1 some file failed (its line has 'error'), 2 bundle unusable"
     parser.add_argument("--bundle", required=True, type=Path, metavar="DIR", help="bundle directory")
-    parser.add_argument("files", nargs="+", type=Path, metavar="FILE", help="wav files to score")
+    parser.add_argument("files", nargs="+", type=Path, metavar="FILE",
+                        help="wav files to score (.npz/.csv of vectors for a vectors bundle)")
+    parser.add_argument("--id", dest="machine_id", metavar="ID",
+                        help="machine id of the files: its own threshold, and required by per-id models")
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda (default auto)")
     parser.add_argument("--batch-size", type=int, default=16, help="files scored per call (default 16)")
 
@@ -38,18 +43,47 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"--batch-size must be positive, got {args.batch_size}")
     bundle = load_bundle(args.bundle, device=args.device)  # BundleError is a ValueError: the CLI exits 2
     failed = 0
-    for line in score_files(bundle, args.files, args.batch_size):
+    if bundle.feature.input_kind == "vectors":
+        lines = score_vector_files(bundle, args.files, args.machine_id)
+    else:
+        bundle.check_machine_id(args.machine_id)
+        lines = score_files(bundle, args.files, args.batch_size, args.machine_id)
+    for line in lines:
         failed += "error" in line
         print(json.dumps(line), flush=True)
     return 1 if failed else 0
 
 
-def score_files(bundle: "Bundle", paths: Sequence[Path], batch_size: int = 16) -> Iterator[dict[str, Any]]:
+def score_vector_files(bundle: "Bundle", paths: Sequence[Path], machine_id: str | None) -> Iterator[dict[str, Any]]:
+    """One result per row of each vector file; a file that cannot be read gives one error line."""
+    from models.features.vectors import read_vectors
+
+    for path in paths:
+        try:
+            vf = read_vectors(path)
+            ids = [machine_id] * len(vf) if machine_id is not None else vf.ids
+            for mid in set(ids or [None]):
+                bundle.check_machine_id(mid)
+            scores = bundle.score_wavs([vf.X[i : i + 1] for i in range(len(vf))], ids=ids)
+        except ValueError as exc:  # FeatureInputError and BundleError are ValueErrors
+            yield {"path": str(path), "error": str(exc)}
+            continue
+        for i, score in enumerate(scores):
+            mid = None if ids is None else ids[i]
+            line: dict[str, Any] = {"path": str(path), "row": i, "name": vf.names[i]}
+            if mid is not None and machine_id is None:
+                line["id"] = mid
+            threshold = bundle.threshold_for(mid)
+            yield {**line, "score": float(score), "threshold": threshold, "anomalous": bool(score > threshold)}
+
+
+def score_files(bundle: "Bundle", paths: Sequence[Path], batch_size: int = 16,
+                machine_id: str | None = None) -> Iterator[dict[str, Any]]:
     """Result dicts in input order. Files are read and scored in batches; when a batch's scoring call fails, its
     files are scored one by one so that only the bad file gets the error."""
     from models.audio import AudioError, load_wav
 
-    threshold = float(bundle.threshold)
+    threshold = float(bundle.threshold_for(machine_id))
     for start in range(0, len(paths), batch_size):
         batch = paths[start : start + batch_size]
         results: dict[int, dict[str, Any]] = {}
@@ -59,7 +93,7 @@ def score_files(bundle: "Bundle", paths: Sequence[Path], batch_size: int = 16) -
                 wavs[i] = load_wav(path, sample_rate=bundle.sample_rate)[0]
             except AudioError as exc:
                 results[i] = {"path": str(path), "error": str(exc)}
-        for i, score in _score_isolating_failures(bundle, wavs).items():
+        for i, score in _score_isolating_failures(bundle, wavs, machine_id).items():
             if isinstance(score, str):
                 results[i] = {"path": str(batch[i]), "error": f"{batch[i]}: {score}"}
             else:
@@ -68,13 +102,15 @@ def score_files(bundle: "Bundle", paths: Sequence[Path], batch_size: int = 16) -
         yield from (results[i] for i in range(len(batch)))
 
 
-def _score_isolating_failures(bundle: "Bundle", wavs: dict[int, np.ndarray]) -> dict[int, float | str]:
+def _score_isolating_failures(bundle: "Bundle", wavs: dict[int, np.ndarray],
+                              machine_id: str | None) -> dict[int, float | str]:
     """Scores by position; a position whose clip the detector rejects maps to the error message instead."""
     if not wavs:
         return {}
     keys = list(wavs)
     try:
-        scores = np.asarray(bundle.score_wavs([wavs[k] for k in keys]), dtype=float)
+        ids = None if machine_id is None else [machine_id] * len(keys)
+        scores = np.asarray(bundle.score_wavs([wavs[k] for k in keys], ids=ids), dtype=float)
         return {k: float(s) for k, s in zip(keys, scores)}
     except ValueError as exc:
         if len(keys) == 1:
@@ -82,5 +118,5 @@ def _score_isolating_failures(bundle: "Bundle", wavs: dict[int, np.ndarray]) -> 
         log.debug("batch scoring failed (%s); scoring the files one by one", exc)
         out: dict[int, float | str] = {}
         for k in keys:
-            out.update(_score_isolating_failures(bundle, {k: wavs[k]}))
+            out.update(_score_isolating_failures(bundle, {k: wavs[k]}, machine_id))
         return out

@@ -2,18 +2,30 @@
 
 A fraction of the normal training clips (`--holdout`, default 0.1) is kept out of the fit; the threshold is set on
 their scores (gamma fit, 0.9 quantile, by default), so it reflects how the model scores normal sound it has not seen.
-With `--holdout 0` the training clips' own scores are used, which gives an optimistic (too low) threshold.
+With `--holdout 0` the training clips' own scores are used, which gives an optimistic (too low) threshold. Each
+machine id with enough held-out clips also gets its own threshold (`per_id_thresholds`), used when a source or file
+says its id.
+
+`--data` may also be an `.npz` (array `X` [n_files, dim], optional `names`, `ids`) or `.csv` of pre-computed
+per-file vectors: every row is one normal training item, the feature kind is `vectors` with the data's `dim`, and
+`--machine` is optional (default `vectors`).
 
 Configuration (YAML, all keys optional; command-line flags win):
 
     model: dcase_ae            # must match --model when given
     feature: {n_mels: 128, n_fft: 1024, hop_length: 512, power: 2.0, context: 5}   # merged over the model's default
+                               # (another `kind:` starts from that kind's own defaults)
     params: {epochs: 100, batch_size: 512, lr: 0.001}                              # detector hyper-parameters
+    stages: [{name: pca, params: {n_components: 0.95}}]                            # fitted in order, before it
     holdout: 0.1
     threshold: gamma           # gamma | gamma:Q | percentile:P | fixed:V
-    seed: 0                    # holdout split and the detector's `seed` (not allowed under params)
+    per_id_thresholds: true    # also one threshold per machine id that has enough held-out clips
+    seed: 0                    # holdout split and every part's `seed` (not allowed under params)
     window_seconds: 10         # the monitor's default window and hop for this bundle
     hop_seconds: 1
+
+`--epochs`, `--device` and `--seed` apply to every part (detector or stage) that has such a hyper-parameter; a
+detector fitted in one pass says in one log line that it ignores `--epochs`.
 """
 
 from __future__ import annotations
@@ -23,19 +35,21 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
 if TYPE_CHECKING:
-    from models.training import ClipLike
+    from models.training.recipe import ClipLike
+
+VECTOR_SUFFIXES = (".npz", ".csv")
 
 
 def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", required=True, type=Path, metavar="ROOT_OR_MANIFEST",
-                        help="dataset root (DCASE 2020 or MIMII layout) or manifest CSV")
+                        help="dataset root (DCASE 2020 or MIMII layout), manifest CSV, or .npz/.csv of vectors")
     parser.add_argument("--model", required=True, metavar="NAME", help="registered detector (see `asd-offline models`)")
-    parser.add_argument("--machine", required=True, metavar="TYPE", help="machine type to train on, e.g. fan")
+    parser.add_argument("--machine", metavar="TYPE", help="machine type to train on, e.g. fan (optional for vectors)")
     parser.add_argument("--config", type=Path, metavar="YAML", help="feature + model hyper-parameters (configs/*.yaml)")
     parser.add_argument("--out", required=True, type=Path, metavar="BUNDLE_DIR", help="bundle directory to write")
     parser.add_argument("--id", dest="ids", action="append", metavar="ID",
                         help="train on this machine id only (repeatable); default: one model for all ids")
-    parser.add_argument("--epochs", type=int, help="training epochs (overrides the config)")
+    parser.add_argument("--epochs", type=int, help="training epochs of every iterative part (overrides the config)")
     parser.add_argument("--device", help="auto, cpu or cuda (default auto)")
     parser.add_argument("--holdout", type=float,
                         help="fraction of normal training clips held out to set the threshold (default 0.1)")
@@ -58,16 +72,14 @@ def load_config(path: Path | None) -> dict[str, Any]:
         raise ValueError(f"{path}: not valid YAML: {exc}") from exc
     if not isinstance(data, dict):
         raise ValueError(f"{path}: expected a mapping at the top level")
-    from models.training import check_config
+    from models.training.recipe import check_config
 
     check_config(data, str(path))
     return data
 
 
 def _apply_flags(config: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
-    config = {**config, "params": dict(config.get("params") or {})}
-    if args.epochs is not None:
-        config["params"]["epochs"] = args.epochs
+    config = dict(config)
     for key in ("holdout", "threshold", "seed"):
         if getattr(args, key) is not None:
             config[key] = getattr(args, key)
@@ -76,13 +88,21 @@ def _apply_flags(config: dict[str, Any], args: argparse.Namespace) -> dict[str, 
 
 def run(args: argparse.Namespace) -> int:
     from models.bundle import load_bundle
-    from models.training import train_bundle
-    from offline.datasets.index import load_clips
 
     config = _apply_flags(load_config(args.config), args)
-    clips = load_clips(args.data, machine=args.machine, lenient=False)
-    out = train_bundle(clips, args.model, args.machine, args.out, config, ids=args.ids, data_source=str(args.data),
-                       device=args.device, progress=False if args.no_progress else None)
+    progress = False if args.no_progress else None
+    if is_vector_file(args.data):
+        out = train_vectors(args.data, args.model, args.machine or "vectors", args.out, config, ids=args.ids,
+                            device=args.device, progress=progress, epochs=args.epochs)
+    else:
+        from models.training.recipe import train_bundle
+        from offline.datasets.index import load_clips
+
+        if not args.machine:
+            raise ValueError("--machine is required for audio data (e.g. --machine fan)")
+        clips = load_clips(args.data, machine=args.machine, lenient=False)
+        out = train_bundle(clips, args.model, args.machine, args.out, config, ids=args.ids,
+                           data_source=str(args.data), device=args.device, progress=progress, epochs=args.epochs)
     bundle = load_bundle(out, device="cpu")  # proves the bundle is complete before we say so
     summary = bundle.meta["training"]
     print(
@@ -93,10 +113,42 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def train_bundle(clips: Sequence["ClipLike"], model_name: str, machine: str, out: str | Path,
-                 config: dict[str, Any] | None = None, **kwargs: Any) -> Path:
-    """`models.training.train_bundle`, re-exported here for offline scripts (it lives in `models` so that the
-    monitor's demo can train without importing `offline`); imported lazily to keep the CLI parser free of torch."""
-    from models.training import train_bundle as _train_bundle
+def is_vector_file(path: Path) -> bool:
+    """An .npz, or a .csv of vectors rather than a dataset manifest (manifests have a `path` column)."""
+    suffix = path.suffix.lower()
+    if suffix not in VECTOR_SUFFIXES or not path.is_file():
+        return False
+    if suffix == ".npz":
+        return True
+    with path.open(newline="") as f:
+        header = f.readline().strip().split(",")
+    return "path" not in [h.strip() for h in header]
 
-    return _train_bundle(clips, model_name, machine, out, config, **kwargs)
+
+def train_vectors(data: Path, model_name: str, machine: str, out: str | Path, config: dict[str, Any],
+                  *, ids: Sequence[str] | None = None, **kwargs: Any) -> Path:
+    """Train on pre-computed per-file vectors (every row one normal item) through the recipe's tensors-in entry."""
+    import torch
+
+    from models.features.vectors import read_vectors
+    from models.training.recipe import build_spec, fit_bundle, split_holdout
+
+    vf = read_vectors(data)
+    spec = build_spec(model_name, config, feature_overrides={"kind": "vectors", "dim": vf.dim}, **kwargs)
+    rows = list(range(len(vf)))
+    if ids:
+        if vf.ids is None:
+            raise ValueError(f"{data}: --id given but the file has no `ids`")
+        rows = [i for i in rows if vf.ids[i] in set(ids)]
+        if not rows:
+            raise ValueError(f"{data}: no rows of id(s) {list(ids)}; ids present: {sorted(set(vf.ids))}")
+    fit_rows, hold_rows = split_holdout(rows, spec.holdout, spec.seed, gamma=spec.threshold["method"] == "gamma")
+    X = torch.from_numpy(vf.X)
+
+    def items(sel: list[int]) -> tuple[list[torch.Tensor], list[str] | None]:
+        return [X[i : i + 1] for i in sel], None if vf.ids is None else [vf.ids[i] for i in sel]
+
+    fit, fit_ids = items(fit_rows)
+    hold, hold_ids = items(hold_rows)
+    return fit_bundle(out, spec, fit, fit_ids, hold, hold_ids, machine=machine,
+                      summary={"data": str(data), "n_clips": len(rows), "rows": "one per file"})

@@ -7,22 +7,15 @@ find it.
 
 from __future__ import annotations
 
-import importlib
-import pkgutil
+from models.detectors.base import REGISTRY, Detector, ExampleInput, NotFittedError, register
+from models.registry import import_submodules
 
-from models.detectors.base import REGISTRY, Detector, NotFittedError, register
-
-for _info in pkgutil.iter_modules(__path__):
-    if _info.name != "base" and not _info.name.startswith("_"):
-        importlib.import_module(f"{__name__}.{_info.name}")
+import_submodules(__name__, __path__, skip=lambda name: name == "base")
 
 
 def get_detector(name: str) -> type[Detector]:
     """The class registered as `name`, or a ValueError that lists the known names."""
-    try:
-        return REGISTRY[name]
-    except KeyError:
-        raise ValueError(f"unknown detector {name!r}; registered: {', '.join(sorted(REGISTRY))}") from None
+    return REGISTRY.lookup(name)
 
 
-__all__ = ["REGISTRY", "Detector", "NotFittedError", "get_detector", "register"]
+__all__ = ["REGISTRY", "Detector", "ExampleInput", "NotFittedError", "get_detector", "register"]

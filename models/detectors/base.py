@@ -1,21 +1,25 @@
-"""The detector contract (scikit-learn conventions) and the input checks every detector shares.
+"""The detector contract (scikit-learn conventions) and the input checks every detector and stage shares.
 
 A detector is trained on normal clips only and gives each clip a score, higher = more anomalous. Hyper-parameters
 live in `__init__` and nowhere else, so `cls(**get_params())` rebuilds an unfitted twin (that is how a bundle is
 loaded); what `fit` learns ends in `_`, and the part a bundle must carry is a flat `dict[str, Tensor]`
-(`state_dict`), so loading never needs pickle.
+(`state_dict`) plus JSON-safe `learned()` metadata, so loading never needs pickle.
 """
 
 from __future__ import annotations
 
-import inspect
 from abc import ABC, abstractmethod
-from typing import Any, ClassVar, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any, ClassVar, Iterable, Literal, Sequence
 
 import numpy as np
 import torch
 
+from models.registry import HyperParams, Registry
+
 _STD_FLOOR = 1e-6  # a constant input dimension gets scale 1 instead of a division by ~0
+
+Granularity = Literal["vector", "window"]
 
 
 class NotFittedError(ValueError, AttributeError):
@@ -25,27 +29,63 @@ class NotFittedError(ValueError, AttributeError):
 ClipsLike = Sequence["torch.Tensor | np.ndarray"]
 
 # name -> class; filled by `@register` as `models.detectors` imports each detector module.
-REGISTRY: dict[str, type["Detector"]] = {}
+REGISTRY = Registry("detector")
+register = REGISTRY.register
 
 
-def register(cls: type["Detector"]) -> type["Detector"]:
-    """Class decorator: make a detector trainable and loadable by its `name` (the key stored in bundles)."""
-    name = getattr(cls, "name", None)
-    if not isinstance(name, str) or not name:
-        raise TypeError(f"{cls.__qualname__} needs a non-empty class attribute `name` to be registered")
-    prev = REGISTRY.get(name)
-    if prev is not None and (prev.__module__, prev.__qualname__) != (cls.__module__, cls.__qualname__):
-        raise ValueError(f"detector name {name!r} already registered by {REGISTRY[name].__qualname__}")
-    REGISTRY[name] = cls
-    return cls
+@dataclass(frozen=True)
+class ExampleInput:
+    """The shape of data a detector's generic tests feed it: `n_clips` clips of `n_vectors` vectors of `dim`
+    values, and `n_ids` machine ids when the detector conditions on them (0: none)."""
+
+    dim: int = 40
+    n_vectors: int = 60
+    n_ids: int = 0
 
 
-class Detector(ABC):
+class Learned(HyperParams, ABC):
+    """What detectors and stages share: hyper-parameters, `fit`, and learned state that a bundle carries as a flat
+    dict of tensors (`state_dict`) plus JSON-safe metadata (`learned`, e.g. a chosen component count)."""
+
+    granularity: ClassVar[Granularity] = "vector"
+
+    @property
+    @abstractmethod
+    def is_fitted(self) -> bool:
+        """True once `fit` or `load_state_dict` has run."""
+
+    @abstractmethod
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """Everything `fit` learned that scoring needs, as a flat dict of tensors."""
+
+    @abstractmethod
+    def load_state_dict(self, state: dict[str, torch.Tensor], learned: dict[str, Any] | None = None) -> Any:
+        """Restore a fitted object from `state_dict()` (and `learned()`); ValueError on missing/extra keys or wrong
+        shapes."""
+
+    def learned(self) -> dict[str, Any]:
+        """JSON-safe learned metadata for the bundle's `learned` block (default: none)."""
+        return {}
+
+    def _check_fitted(self) -> None:
+        if not self.is_fitted:
+            raise NotFittedError(f"{self.name} is not fitted: call fit() or load it from a bundle first")
+
+
+class Detector(Learned):
     """Base class: subclasses set `name`, declare hyper-parameters as explicit `__init__` keywords, and implement
-    `fit`, `score`, `state_dict` and `load_state_dict` (plus `score_vectors` when `frame_level`)."""
+    `fit`, `is_fitted`, `state_dict`, `load_state_dict` and, by granularity:
+
+    - `vector`: `score_vectors(X, ids)`, one score per vector; a clip's (window's) score is the mean of its
+      vectors' scores, so the monitor scores each vector once however much windows overlap (`score` is derived);
+    - `window`: `score(clips, ids)`, one score from each whole `[T, dim]` matrix.
+    """
 
     name: ClassVar[str]
-    frame_level: ClassVar[bool] = False
+    # "detector" (higher = more anomalous), "classifier" or "denoiser": what the bundle holding it is
+    bundle_kind: ClassVar[str] = "detector"
+    # True when scores depend on the machine id (classifiers of ids, per-id models): `ids` are then required
+    needs_ids: ClassVar[bool] = False
     # Feature config (the JSON form `models.features.feature_from_dict` takes) this system was designed for; training
     # uses it when the config file does not say otherwise.
     default_feature: ClassVar[dict[str, Any]] = {}
@@ -53,70 +93,41 @@ class Detector(ABC):
     # them so that every registered detector can be exercised the same way.
     quick_params: ClassVar[dict[str, Any]] = {}
 
-    # -- hyper-parameters -------------------------------------------------------------------------------------------
+    @classmethod
+    def example_input(cls) -> ExampleInput:
+        """The data shape the registry-parametrized tests generate for this detector."""
+        return ExampleInput()
 
     @classmethod
-    def param_names(cls) -> list[str]:
-        """The `__init__` keywords, which by convention are stored under the same attribute names."""
-        sig = inspect.signature(cls.__init__)
-        return [
-            p.name
-            for p in sig.parameters.values()
-            if p.name != "self" and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
-        ]
-
-    def get_params(self) -> dict[str, Any]:
-        return {k: getattr(self, k) for k in self.param_names()}
-
-    def set_params(self, **params: Any) -> "Detector":
-        unknown = sorted(set(params) - set(self.param_names()))
-        if unknown:
-            raise ValueError(f"{self.name}: unknown hyper-parameter(s) {unknown}; valid: {self.param_names()}")
-        for k, v in params.items():
-            setattr(self, k, v)
-        return self
-
-    @classmethod
-    def from_params(cls, params: dict[str, Any]) -> "Detector":
-        """Build from a config/bundle dict, with an error that lists the valid names instead of a TypeError."""
-        unknown = sorted(set(params) - set(cls.param_names()))
-        if unknown:
-            raise ValueError(f"{cls.name}: unknown hyper-parameter(s) {unknown}; valid: {cls.param_names()}")
-        return cls(**params)
-
-    def __repr__(self) -> str:
-        args = ", ".join(f"{k}={v!r}" for k, v in self.get_params().items())
-        return f"{type(self).__name__}({args})"
+    def iterative(cls) -> bool:
+        """Trained for a number of epochs (`asd-offline train --epochs` applies)."""
+        return "epochs" in cls.param_names()
 
     # -- the work ---------------------------------------------------------------------------------------------------
 
     @abstractmethod
-    def fit(self, clips: ClipsLike) -> "Detector":
-        """Learn from normal clips, each `[n_vectors, dim]`; returns self."""
+    def fit(self, clips: ClipsLike, ids: Sequence[str] | None = None) -> "Detector":
+        """Learn from normal clips, each `[n_vectors, dim]` (with their machine ids); returns self."""
 
-    @abstractmethod
-    def score(self, clips: ClipsLike) -> np.ndarray:
-        """One float64 score per clip, higher = more anomalous."""
+    def score(self, clips: ClipsLike, ids: Sequence[str] | None = None) -> np.ndarray:
+        """One float64 score per clip, higher = more anomalous. Vector detectors: the mean of the vector scores."""
+        if self.granularity != "vector":
+            raise NotImplementedError(f"{self.name}: window-level detectors implement score()")
+        self._check_fitted()
+        checked = check_clips(clips, dim=self.input_dim, what=f"{self.name}.score clips")
+        lengths = [c.shape[0] for c in checked]
+        clip_ids = check_ids(ids, len(checked), self)
+        row_ids = None if clip_ids is None else [i for i, n in zip(clip_ids, lengths) for _ in range(n)]
+        return split_scores(self.score_vectors(torch.cat(checked), row_ids), lengths)
 
-    def score_vectors(self, X: torch.Tensor) -> torch.Tensor:
-        """Per-vector scores `[N]` (CPU float32) whose mean over a clip is its `score`; frame-level detectors only."""
-        raise NotImplementedError(f"{self.name} is not frame-level: score whole windows with score()")
-
-    @abstractmethod
-    def state_dict(self) -> dict[str, torch.Tensor]:
-        """Everything `fit` learned that scoring needs, as a flat dict of tensors."""
-
-    @abstractmethod
-    def load_state_dict(self, state: dict[str, torch.Tensor]) -> "Detector":
-        """Restore a fitted detector from `state_dict()`; ValueError on missing/extra keys or wrong shapes."""
+    def score_vectors(self, X: torch.Tensor, ids: Sequence[str] | None = None) -> torch.Tensor:
+        """Per-vector scores `[N]` (CPU float32) whose mean over a clip is its `score`; vector detectors only."""
+        raise NotImplementedError(f"{self.name} scores whole windows: use score()")
 
     @property
-    def is_fitted(self) -> bool:
-        return getattr(self, "dim_", None) is not None
-
-    def _check_fitted(self) -> None:
-        if not self.is_fitted:
-            raise NotFittedError(f"{self.name} is not fitted: call fit() or load it from a bundle first")
+    def input_dim(self) -> int | None:
+        """The vector length the fitted detector takes (None before fitting)."""
+        return getattr(self, "dim_", None)
 
 
 # -- input checks shared by every detector --------------------------------------------------------------------------
@@ -151,6 +162,18 @@ def check_clips(clips: ClipsLike, *, dim: int | None = None, what: str = "clips"
             raise ValueError(f"{what}[{i}]: {bad} NaN/inf feature values")
         out.append(t)
     return out
+
+
+def check_ids(ids: Sequence[str] | None, n: int, owner: Any) -> list[str] | None:
+    """One machine id per clip (or row); None is refused when the owner conditions on ids."""
+    if ids is None:
+        if getattr(owner, "needs_ids", False):
+            raise ValueError(f"{owner.name} scores per machine id: pass one id per clip")
+        return None
+    ids = [str(i) for i in ids]
+    if len(ids) != n:
+        raise ValueError(f"{owner.name}: {len(ids)} ids for {n} clips")
+    return ids
 
 
 def check_vectors(X: torch.Tensor | np.ndarray, dim: int) -> torch.Tensor:

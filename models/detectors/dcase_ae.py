@@ -8,14 +8,13 @@ weights with zero biases, BatchNorm momentum 0.99 (torch's 0.01) and epsilon 1e-
 One deliberate difference: input vectors are standardised per dimension with the training mean/std (learned state,
 stored in the bundle); `normalize=False` restores the raw-dB behaviour of the original.
 A clip's score is the mean over its vectors of the per-vector mean squared reconstruction error, as in the
-baseline; the detector is frame-level, so the monitor scores each new vector once.
+baseline; the detector is vector-level, so the monitor scores each new vector once.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Sequence
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -27,12 +26,11 @@ from models.detectors.base import (
     check_state,
     check_vectors,
     register,
-    split_scores,
     standardizer,
 )
 from models.device import select_device
 from models.features import LogMelConfig
-from models.training import TrainSettings, train_loop
+from models.training.loop import TrainSettings, train_loop
 
 _SCORE_CHUNK = 65536  # rows per forward pass when scoring: bounds activation memory for long inputs
 
@@ -66,7 +64,7 @@ class DcaseAE(Detector):
     """The DCASE 2020 Task 2 autoencoder baseline (registry name `dcase_ae`)."""
 
     name = "dcase_ae"
-    frame_level = True
+    granularity = "vector"
     default_feature = LogMelConfig(n_mels=128, n_fft=1024, hop_length=512, power=2.0, context=5).to_dict()
     quick_params = {"epochs": 10, "batch_size": 64, "progress": False, "num_threads": 1}
 
@@ -107,7 +105,7 @@ class DcaseAE(Detector):
             torch.manual_seed(self.seed)
             return DenseAE(dim, self.hidden, self.bottleneck, self.n_layers)
 
-    def fit(self, clips: ClipsLike) -> "DcaseAE":
+    def fit(self, clips: ClipsLike, ids: Sequence[str] | None = None) -> "DcaseAE":
         checked = check_clips(clips, what=f"{self.name}.fit clips")
         lengths = [c.shape[0] for c in checked]
         X = torch.cat(checked)
@@ -153,15 +151,13 @@ class DcaseAE(Detector):
             out.append((self.net_(x) - x).square().mean(dim=1).cpu())
         return torch.cat(out) if out else torch.zeros(0)
 
-    def score_vectors(self, X: torch.Tensor) -> torch.Tensor:
+    def score_vectors(self, X: torch.Tensor, ids: Sequence[str] | None = None) -> torch.Tensor:
         self._check_fitted()
         return self._errors(check_vectors(X, self.dim_))
 
-    def score(self, clips: ClipsLike) -> np.ndarray:
-        self._check_fitted()
-        checked = check_clips(clips, dim=self.dim_, what=f"{self.name}.score clips")
-        errors = self._errors(torch.cat(checked))
-        return split_scores(errors, [c.shape[0] for c in checked])
+    @property
+    def is_fitted(self) -> bool:
+        return hasattr(self, "net_")
 
     # -- persistence ------------------------------------------------------------------------------------------------
 
@@ -175,7 +171,7 @@ class DcaseAE(Detector):
         self._check_fitted()
         return self._collect(self.net_, self.mean_, self.scale_)
 
-    def load_state_dict(self, state: dict[str, Any]) -> "DcaseAE":
+    def load_state_dict(self, state: dict[str, Any], learned: dict[str, Any] | None = None) -> "DcaseAE":
         mean = state.get("mean_") if isinstance(state, dict) else None
         if not isinstance(mean, torch.Tensor) or mean.ndim != 1:
             raise ValueError(f"{self.name}: state needs a 1-D tensor 'mean_' (the input dimension)")

@@ -1,32 +1,39 @@
-"""Feature extractors shared by training and the monitor. Each config has `.stream()`; offline = one stream per clip."""
+"""Feature kinds shared by training and the monitor, one module per kind, each registered by `kind` in `FEATURES`.
+
+Every module in this package (except `base` and names starting with `_`) is imported here, so a new kind only has to
+exist and use `@register_feature`; bundles, training and the parametrized parity tests then find it.
+"""
 
 from __future__ import annotations
 
-from typing import Any
-
-from models.features.logmel import (
+from models.features.base import (
+    FEATURES,
+    BatchStream,
+    FeatureConfig,
     FeatureInputError,
-    LogMelBatchStream,
-    LogMelConfig,
-    LogMelStream,
+    FrameComputer,
+    FramedBatchStream,
+    FramedFeature,
+    WindowFeature,
+    feature_from_dict,
+    register_feature,
 )
+from models.features.logmel import LogMelConfig
 
-FEATURES: dict[str, type] = {LogMelConfig.kind: LogMelConfig}
+from models.registry import import_submodules
 
-
-def feature_from_dict(d: dict[str, Any]) -> LogMelConfig:
-    """Rebuild a feature config from its JSON form (as stored in a bundle)."""
-    kind = d.get("kind")
-    if kind not in FEATURES:
-        raise ValueError(f"unknown feature kind {kind!r}; known: {sorted(FEATURES)}")
-    return FEATURES[kind].from_dict(d)
-
+import_submodules(__name__, __path__, skip=lambda name: name == "base")
 
 __all__ = [
     "FEATURES",
+    "BatchStream",
+    "FeatureConfig",
     "FeatureInputError",
-    "LogMelBatchStream",
+    "FrameComputer",
+    "FramedBatchStream",
+    "FramedFeature",
     "LogMelConfig",
-    "LogMelStream",
+    "WindowFeature",
     "feature_from_dict",
+    "register_feature",
 ]

@@ -31,13 +31,10 @@ import re
 import ssl
 import time
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, Callable, Iterable, Literal
-from urllib.parse import unquote, urlsplit
+from typing import Any, Callable, Iterable
 
 import aiomqtt
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationInfo, field_validator, model_validator
-
+from monitor.config import MqttSettings
 from monitor.events import AlarmEvent, CounterEvent, Event, ScoreUpdate, SourceStatus
 from monitor.sinks.jsonl import json_safe
 
@@ -47,92 +44,6 @@ SINK_NAME = "mqtt"
 _TOPIC_UNSAFE = re.compile(r"[+#/\s\x00-\x1f\x7f]+")
 _ID_UNSAFE = re.compile(r"[^A-Za-z0-9_-]+")
 _ACK_TIMEOUT_S = 10.0
-
-
-class MqttTls(BaseModel):
-    """TLS files for `mqtts://` (system CAs when `ca_file` is unset); `insecure` turns off certificate and
-    host-name checks, for a self-signed test broker only."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    ca_file: str | None = None
-    cert_file: str | None = None
-    key_file: str | None = None
-    insecure: bool = False
-
-    @field_validator("ca_file", "cert_file", "key_file")
-    @classmethod
-    def _readable(cls, path: str | None, info: ValidationInfo) -> str | None:
-        if path is not None and not Path(path).is_file():
-            raise ValueError(f"MQTT TLS {info.field_name} {path!r} is not a readable file")
-        return path
-
-
-class MqttSettings(BaseModel):
-    """Broker connection and topic layout. Credentials given in the URL are moved into `username`/`password`
-    so that the URL (which may be logged) never carries the password."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    url: str = "mqtt://127.0.0.1:1883"
-    username: str | None = None
-    password: SecretStr | None = None
-    client_id: str | None = None
-    tls: MqttTls = Field(default_factory=MqttTls)
-    qos: Literal[0, 1, 2] = 1
-    keepalive: int = Field(default=30, ge=5, le=3600)
-    base_topic: str = "asd"
-    ha_discovery: bool = True
-    ha_prefix: str = "homeassistant"
-    outbox_size: int = Field(default=1000, ge=1)
-    score_interval: float = Field(default=1.0, ge=0.0)
-    reconnect_min: float = Field(default=0.5, gt=0.0)
-    reconnect_max: float = Field(default=30.0, gt=0.0)
-    close_timeout: float = Field(default=5.0, gt=0.0)
-
-    @model_validator(mode="before")
-    @classmethod
-    def _credentials_out_of_url(cls, data: Any) -> Any:
-        if not isinstance(data, dict) or not isinstance(data.get("url"), str):
-            return data
-        parts = urlsplit(data["url"])
-        if parts.scheme not in ("mqtt", "mqtts"):
-            raise ValueError(f"MQTT url must start with mqtt:// or mqtts://, got scheme {parts.scheme!r}")
-        if not parts.hostname:
-            raise ValueError("MQTT url has no host name")
-        try:
-            parts.port  # noqa: B018 - raises on a non-numeric port
-        except ValueError as exc:
-            raise ValueError(f"MQTT url has a bad port: {exc}") from None
-        if parts.username is None and parts.password is None:
-            return data
-        data = dict(data)
-        if parts.username and not data.get("username"):
-            data["username"] = unquote(parts.username)
-        if parts.password is not None and not data.get("password"):
-            data["password"] = unquote(parts.password)
-        netloc = parts.hostname if ":" not in parts.hostname else f"[{parts.hostname}]"
-        if parts.port is not None:
-            netloc += f":{parts.port}"
-        data["url"] = parts._replace(netloc=netloc).geturl()
-        return data
-
-    @property
-    def use_tls(self) -> bool:
-        return urlsplit(self.url).scheme == "mqtts"
-
-    @property
-    def host(self) -> str:
-        return urlsplit(self.url).hostname or ""
-
-    @property
-    def port(self) -> int:
-        return urlsplit(self.url).port or (8883 if self.use_tls else 1883)
-
-
-def parse_mqtt_url(url: str, **overrides: Any) -> MqttSettings:
-    """Build settings from `--mqtt URL` (`mqtt[s]://[user[:pass]@]host[:port]`); `overrides` set other fields."""
-    return MqttSettings(url=url, **overrides)
 
 
 def sanitize_topic_part(name: str) -> str:

@@ -17,7 +17,8 @@ import paho.mqtt.publish as paho_publish
 import pytest
 
 from monitor.events import EVENT_SCHEMA, AlarmEvent, CounterEvent, ScoreUpdate, SourceStatus
-from monitor.sinks.mqtt import MqttSettings, MqttSink, parse_mqtt_url, sanitize_topic_part
+from monitor.config import MqttSettings, parse_mqtt_url
+from monitor.sinks.mqtt import MqttSink, sanitize_topic_part
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(90)]
 
@@ -128,7 +129,8 @@ def test_last_will_when_the_process_is_killed(mosquitto, mqtt_collector, tmp_pat
     script = textwrap.dedent(f"""
         import asyncio
         from monitor.events import SourceStatus
-        from monitor.sinks.mqtt import MqttSink, parse_mqtt_url
+        from monitor.config import parse_mqtt_url
+        from monitor.sinks.mqtt import MqttSink
 
         async def main():
             sink = MqttSink(parse_mqtt_url("{mosquitto.url}", keepalive=5), "{NODE}")

@@ -55,7 +55,7 @@ def _replace_weights(d: Path, payload: bytes) -> None:
     """Swap weights.pt and re-sign it, so the checks after the checksum are what is exercised."""
     (d / "weights.pt").write_bytes(payload)
     meta = _meta(d)
-    meta["weights"]["sha256"] = hashlib.sha256(payload).hexdigest()
+    meta["weights_sha256"] = hashlib.sha256(payload).hexdigest()
     (d / "bundle.json").write_text(json.dumps(meta))
 
 
@@ -72,9 +72,11 @@ def test_round_trip_keeps_everything(bundle_dir: Path, detector: DcaseAE) -> Non
     assert (b.threshold, b.threshold_method, b.window_seconds, b.hop_seconds) == (0.75, "gamma", 5.0, 0.5)
     assert b.detector.get_params() == {**detector.get_params(), "device": "cpu"}
     meta = b.meta
-    assert meta["schema"] == BUNDLE_SCHEMA and meta["training"] == {"n_clips": 6} and meta["extra"] == {"note": "test"}
-    assert meta["threshold"]["info"]["q"] == 0.9
-    assert set(meta["software"]) == {"asd-monitor", "torch", "numpy", "python"} and meta["created"]
+    assert meta["schema"] == BUNDLE_SCHEMA == 2 and meta["training"] == {"n_clips": 6}
+    assert meta["extra"] == {"note": "test"} and meta["kind"] == b.kind == "detector"
+    assert meta["granularity"] == b.granularity == "vector" and meta["stages"] == [] and meta["members"] == []
+    assert meta["threshold"]["info"]["q"] == 0.9 and meta["threshold"]["per_id"] == {}
+    assert set(meta["versions"]) == {"asd-monitor", "torch", "numpy", "python"} and meta["created"]
     wavs = _wavs(3, 0.5, seed=5) + _wavs(1, 0.8, seed=6)  # mixed lengths
     expected = detector.score([FEATURE.extract(w) for w in wavs])
     np.testing.assert_array_equal(b.score_wavs(wavs), expected)
@@ -83,7 +85,8 @@ def test_round_trip_keeps_everything(bundle_dir: Path, detector: DcaseAE) -> Non
 
 def test_weights_file_is_a_flat_tensor_dict(bundle_dir: Path, detector: DcaseAE) -> None:
     state = torch.load(bundle_dir / "weights.pt", weights_only=True)
-    assert set(state) == set(detector.state_dict()) and all(isinstance(v, torch.Tensor) for v in state.values())
+    assert set(state) == {f"detector.{k}" for k in detector.state_dict()}
+    assert all(isinstance(v, torch.Tensor) for v in state.values())
 
 
 def test_score_wavs_names_a_too_short_clip(bundle_dir: Path) -> None:
@@ -112,10 +115,10 @@ def test_malformed_json(bundle_dir: Path) -> None:
         load_bundle(bundle_dir)
 
 
-@pytest.mark.parametrize("schema", [2, 0, None, "1"])
+@pytest.mark.parametrize("schema", [3, 0, None, "2", True])
 def test_other_schema_version(bundle_dir: Path, schema) -> None:
     _edit_meta(bundle_dir, schema=schema)
-    with pytest.raises(BundleError, match=f"bundle schema {schema!r}, this version reads schema 1"):
+    with pytest.raises(BundleError, match=f"bundle schema {schema!r}, this version reads schemas 1, 2"):
         load_bundle(bundle_dir)
 
 
@@ -138,10 +141,19 @@ def test_missing_and_ill_typed_fields(bundle_dir: Path) -> None:
     (bundle_dir / "bundle.json").write_text(json.dumps(meta))
     with pytest.raises(BundleError, match="missing field 'threshold.value'"):
         load_bundle(bundle_dir)
-    _edit_meta(bundle_dir, threshold={"value": "high"})
+    _edit_meta(bundle_dir, threshold={"value": "high", "per_id": {}})
     with pytest.raises(BundleError, match="'threshold.value' has the wrong type"):
         load_bundle(bundle_dir)
-    _edit_meta(bundle_dir, threshold={"value": 1.0}, sample_rate=44100)
+    _edit_meta(bundle_dir, threshold={"value": 1.0, "per_id": {"id_00": "x"}})
+    with pytest.raises(BundleError, match="per_id must map ids to numbers"):
+        load_bundle(bundle_dir)
+    _edit_meta(bundle_dir, threshold={"value": 1.0, "per_id": {}}, kind="oracle")
+    with pytest.raises(BundleError, match="kind 'oracle' is not one of"):
+        load_bundle(bundle_dir)
+    _edit_meta(bundle_dir, kind="detector", stages=[{"name": "mystery_stage", "params": {}}])
+    with pytest.raises(BundleError, match="unknown stage 'mystery_stage'.*pca"):
+        load_bundle(bundle_dir)
+    _edit_meta(bundle_dir, stages=[], sample_rate=44100)
     with pytest.raises(BundleError, match="sample_rate 44100 differs"):
         load_bundle(bundle_dir)
 
@@ -161,14 +173,20 @@ def test_unreadable_weights(bundle_dir: Path) -> None:
 
 
 def test_missing_extra_and_misshapen_tensors(bundle_dir: Path, detector: DcaseAE) -> None:
-    state = detector.state_dict()
-    _replace_weights(bundle_dir, _saved({k: v for k, v in state.items() if k != "ae.net.0.weight"}))
+    state = {f"detector.{k}": v for k, v in detector.state_dict().items()}
+    _replace_weights(bundle_dir, _saved({k: v for k, v in state.items() if k != "detector.ae.net.0.weight"}))
     with pytest.raises(BundleError, match=r"missing \['ae.net.0.weight'\]"):
         load_bundle(bundle_dir)
-    _replace_weights(bundle_dir, _saved({**state, "ae.extra": torch.zeros(3)}))
+    _replace_weights(bundle_dir, _saved({**state, "detector.ae.extra": torch.zeros(3)}))
     with pytest.raises(BundleError, match=r"unexpected \['ae.extra'\]"):
         load_bundle(bundle_dir)
-    _replace_weights(bundle_dir, _saved({**state, "ae.net.0.bias": torch.zeros(99)}))
+    _replace_weights(bundle_dir, _saved({**state, "stage3.mean_": torch.zeros(3)}))
+    with pytest.raises(BundleError, match=r"parts the bundle does not have: \['stage3'\]"):
+        load_bundle(bundle_dir)
+    _replace_weights(bundle_dir, _saved({**state, "noprefix": torch.zeros(3)}))
+    with pytest.raises(BundleError, match="no part prefix"):
+        load_bundle(bundle_dir)
+    _replace_weights(bundle_dir, _saved({**state, "detector.ae.net.0.bias": torch.zeros(99)}))
     with pytest.raises(BundleError, match=r"'ae.net.0.bias'\] has shape \(99,\)"):
         load_bundle(bundle_dir)
     _replace_weights(bundle_dir, _saved({"nested": {"a": torch.zeros(1)}}))
@@ -188,7 +206,7 @@ class _Payload:
 
 def test_loading_never_unpickles_objects(bundle_dir: Path, detector: DcaseAE, tmp_path: Path) -> None:
     marker = tmp_path / "executed"
-    _replace_weights(bundle_dir, _saved({**detector.state_dict(), "mean_": _Payload(marker)}))
+    _replace_weights(bundle_dir, _saved({**detector.state_dict(), "detector.mean_": _Payload(marker)}))
     with pytest.raises(BundleError, match="not a plain tensor file"):
         load_bundle(bundle_dir)
     assert not marker.exists()
@@ -200,3 +218,52 @@ def test_save_refuses_non_json_metadata(tmp_path: Path, detector: DcaseAE) -> No
     with pytest.raises(BundleError, match="threshold must be finite"):
         save_bundle(tmp_path / "b", detector, FEATURE, float("nan"), {"method": "fixed"}, "fan", [], {})
     assert not (tmp_path / "b" / "bundle.json").exists()
+
+
+# -- schema 1, members, per-id thresholds ---------------------------------------------------------------------------
+
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
+
+
+def test_schema1_bundle_written_before_schema2_scores_identically() -> None:
+    """tests/fixtures/bundle_schema1 was written by the schema-1 code (commit e904a97), together with the scores it
+    gave; today's loader must read it and give exactly those scores, offline and per vector."""
+    from tests.helpers import machine_audio
+
+    ref = json.loads((FIXTURES / "bundle_schema1_scores.json").read_text())
+    b = load_bundle(FIXTURES / "bundle_schema1", device="cpu")
+    assert json.loads((FIXTURES / "bundle_schema1" / "bundle.json").read_text())["schema"] == 1
+    assert (b.kind, b.stages, b.members, b.per_id_thresholds) == ("detector", [], {}, {})
+    clips = [machine_audio(2.0, 100), machine_audio(2.0, 101, anomalous=True), machine_audio(3.0, 102)]
+    np.testing.assert_array_equal(b.score_wavs(clips), list(ref["clips"].values()))
+    vec = b.chain.score_vectors(b.feature.extract(clips[0])).double().numpy()
+    np.testing.assert_array_equal(vec, ref["vector_scores_normal_seed100"])
+
+
+def test_member_bundles_are_copied_loaded_and_checked(tmp_path: Path, bundle_dir: Path, detector: DcaseAE) -> None:
+    outer = save_bundle(tmp_path / "outer", detector, FEATURE, 1.0, {"method": "fixed"}, "fan", [], {},
+                        members={"ae_a": bundle_dir, "ae-b.2": bundle_dir})
+    b = load_bundle(outer, device="cpu")
+    assert list(b.members) == ["ae_a", "ae-b.2"] and all(m.name == "dcase_ae" for m in b.members.values())
+    wavs = _wavs(2, 0.5, seed=3)
+    np.testing.assert_array_equal(b.members["ae_a"].score_wavs(wavs), load_bundle(bundle_dir).score_wavs(wavs))
+    data = bytearray((outer / "members" / "ae_a" / "weights.pt").read_bytes())
+    data[100] ^= 0xFF
+    (outer / "members" / "ae_a" / "weights.pt").write_bytes(bytes(data))
+    with pytest.raises(BundleError, match="member 'ae_a'.*checksum mismatch"):
+        load_bundle(outer)
+    _edit_meta(outer, members=["../escape"])
+    with pytest.raises(BundleError, match="not a plain name"):
+        load_bundle(outer)
+    with pytest.raises(BundleError, match="plain name"):
+        save_bundle(tmp_path / "bad", detector, FEATURE, 1.0, {"method": "fixed"}, "fan", [], {},
+                    members={"../x": bundle_dir})
+
+
+def test_per_id_thresholds_round_trip(tmp_path: Path, detector: DcaseAE) -> None:
+    out = save_bundle(tmp_path / "ids", detector, FEATURE, 1.0, {"method": "gamma"}, "fan", ["id_00", "id_02"], {},
+                      per_id_thresholds={"id_00": 0.5})
+    b = load_bundle(out, device="cpu")
+    assert (b.threshold_for("id_00"), b.threshold_for("id_02"), b.threshold_for(None)) == (0.5, 1.0, 1.0)
+    with pytest.raises(BundleError, match="must be finite"):
+        save_bundle(tmp_path / "nan", detector, FEATURE, 1.0, {}, "fan", [], {}, per_id_thresholds={"a": float("inf")})

@@ -1,12 +1,15 @@
-"""Every registered detector against the shared contract, plus the DCASE AE's own architecture.
+"""Every registered detector (plus the test plug-ins for seams no shipped model uses yet) against the shared
+contract, plus the DCASE AE's own architecture.
 
-The synthetic data is built so that only a detector that learned something can separate it: normal vectors lie
-near a random 4-dim subspace of a 40-dim space; anomalies use the same subspace with the sign of some coordinates
-flipped, so every dimension has the same mean and variance in both sets and only their correlations differ
-(an untrained autoencoder scores them at chance).
+The data comes from each detector's `example_input()` and is built so that only a detector that learned something
+can separate it: normal vectors lie near a random 4-dim subspace; anomalies use the same subspace with the sign of
+some coordinates flipped, so every dimension has the same mean and variance in both sets and only their correlations
+differ (an untrained autoencoder scores them at chance). Machine ids, when asked for, shift each id's data.
 """
 
 from __future__ import annotations
+
+from typing import Iterator
 
 import numpy as np
 import pytest
@@ -18,42 +21,62 @@ from models.detectors import REGISTRY, Detector, NotFittedError, get_detector, r
 from models.detectors.base import standardizer
 from models.detectors.dcase_ae import DcaseAE
 from models.features import LogMelConfig, feature_from_dict
-from models.training import split_by_clip
+from models.training.loop import split_by_clip
+from tests import plugins
 
-DIM, RANK, N_VEC = 40, 4, 60
+RANK = 4
 AUC_FLOOR = 0.9
+NAMES = sorted(REGISTRY) + [c.name for c in plugins.DETECTORS]
 
 
-def _clips(weights: np.ndarray, n: int, rng: np.random.Generator) -> list[torch.Tensor]:
-    return [
-        torch.tensor(rng.normal(size=(N_VEC, RANK)) @ weights + 0.3 * rng.normal(size=(N_VEC, DIM)) + 5.0,
-                     dtype=torch.float32)
-        for _ in range(n)
-    ]
+@pytest.fixture(scope="module", autouse=True)
+def _plugins() -> Iterator[None]:
+    with plugins.plugins_registered():
+        yield
 
 
-@pytest.fixture(scope="module")
-def data() -> dict[str, list[torch.Tensor]]:
-    rng = np.random.default_rng(7)
-    w = rng.normal(size=(RANK, DIM))
-    w_anomaly = w * rng.choice([-1.0, 1.0], size=DIM)
-    return {"train": _clips(w, 24, rng), "normal": _clips(w, 10, rng), "anomaly": _clips(w_anomaly, 10, rng)}
+def example_data(cls: type[Detector], seed: int = 7) -> dict:
+    """train / normal / anomaly clips (and their ids) of the shape `cls.example_input()` asks for."""
+    spec = cls.example_input()
+    rng = np.random.default_rng(seed)
+    w = rng.normal(size=(RANK, spec.dim))
+    w_anomaly = w * rng.choice([-1.0, 1.0], size=spec.dim)
+    id_names = [f"id_{k:02d}" for k in range(max(spec.n_ids, 1))]
+
+    def clips(weights: np.ndarray, n: int) -> tuple[list[torch.Tensor], list[str] | None]:
+        out, ids = [], []
+        for i in range(n):
+            k = i % len(id_names)
+            x = rng.normal(size=(spec.n_vectors, RANK)) @ weights + 0.3 * rng.normal(size=(spec.n_vectors, spec.dim))
+            out.append(torch.tensor(x + 5.0 + 2.0 * k, dtype=torch.float32))
+            ids.append(id_names[k])
+        return out, (ids if spec.n_ids else None)
+
+    data = {}
+    for part, weights, n in (("train", w, 24), ("normal", w, 10), ("anomaly", w_anomaly, 10)):
+        data[part], data[f"{part}_ids"] = clips(weights, n)
+    data["dim"] = spec.dim
+    return data
 
 
-@pytest.fixture(scope="module", params=sorted(REGISTRY))
-def fitted(request: pytest.FixtureRequest, data: dict) -> Detector:
+@pytest.fixture(scope="module", params=NAMES)
+def case(request: pytest.FixtureRequest, _plugins: None) -> tuple[Detector, dict]:
     cls = REGISTRY[request.param]
-    return cls(**cls.quick_params).fit(data["train"])
+    data = example_data(cls)
+    return cls(**cls.quick_params).fit(data["train"], data["train_ids"]), data
 
 
-def _test_set(data: dict) -> tuple[list[torch.Tensor], np.ndarray]:
-    return data["normal"] + data["anomaly"], np.r_[np.zeros(len(data["normal"])), np.ones(len(data["anomaly"]))]
+def _test_set(data: dict) -> tuple[list[torch.Tensor], list[str] | None, np.ndarray]:
+    ids = None if data["normal_ids"] is None else data["normal_ids"] + data["anomaly_ids"]
+    return (data["normal"] + data["anomaly"], ids,
+            np.r_[np.zeros(len(data["normal"])), np.ones(len(data["anomaly"]))])
 
 
 def test_registry_is_consistent() -> None:
     assert "dcase_ae" in REGISTRY
     for name, cls in REGISTRY.items():
         assert cls.name == name and issubclass(cls, Detector)
+        assert cls.granularity in ("vector", "window") and cls.bundle_kind in ("detector", "classifier", "denoiser")
         if cls.default_feature:
             feature_from_dict(cls.default_feature)  # buildable: training falls back to it
     with pytest.raises(ValueError, match="unknown detector 'nope'.*dcase_ae"):
@@ -66,7 +89,7 @@ def test_register_refuses_a_second_class_under_a_taken_name() -> None:
     assert REGISTRY["dcase_ae"] is DcaseAE
 
 
-@pytest.mark.parametrize("name", sorted(REGISTRY))
+@pytest.mark.parametrize("name", NAMES)
 def test_params_round_trip_and_unknown_names(name: str) -> None:
     cls = REGISTRY[name]
     det = cls(**cls.quick_params)
@@ -79,104 +102,135 @@ def test_params_round_trip_and_unknown_names(name: str) -> None:
         cls.from_params({"not_a_param": 1})
 
 
-def test_fitted_detector_beats_auc_floor(fitted: Detector, data: dict) -> None:
-    clips, y = _test_set(data)
-    scores = fitted.score(clips)
+def test_fitted_detector_beats_auc_floor(case) -> None:
+    det, data = case
+    clips, ids, y = _test_set(data)
+    scores = det.score(clips, ids)
     assert scores.shape == (len(clips),) and scores.dtype == np.float64
     assert roc_auc_score(y, scores) >= AUC_FLOOR
 
 
-def test_learned_attributes_end_in_underscore_and_state_is_tensors(fitted: Detector) -> None:
-    unfitted = type(fitted)(**fitted.get_params())
-    learned = set(vars(fitted)) - set(vars(unfitted))
+def test_learned_attributes_end_in_underscore_and_state_is_tensors(case) -> None:
+    det, _ = case
+    unfitted = type(det)(**det.get_params())
+    assert det.is_fitted and not unfitted.is_fitted
+    learned = set(vars(det)) - set(vars(unfitted))
     assert learned and all(k.endswith("_") for k in learned), learned
-    state = fitted.state_dict()
+    state = det.state_dict()
     assert state and all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items())
+    import json
+
+    json.dumps(det.learned(), allow_nan=False)  # JSON-safe, for the bundle's `learned` block
 
 
-def test_same_seed_same_scores(fitted: Detector, data: dict) -> None:
-    again = type(fitted)(**fitted.get_params()).fit(data["train"])
-    clips, _ = _test_set(data)
-    np.testing.assert_array_equal(again.score(clips), fitted.score(clips))
+def test_same_seed_same_scores(case) -> None:
+    det, data = case
+    again = type(det)(**det.get_params()).fit(data["train"], data["train_ids"])
+    clips, ids, _ = _test_set(data)
+    np.testing.assert_array_equal(again.score(clips, ids), det.score(clips, ids))
 
 
-def test_state_dict_round_trip_gives_identical_scores(fitted: Detector, data: dict) -> None:
-    clips, _ = _test_set(data)
-    fresh = type(fitted)(**fitted.get_params()).load_state_dict(fitted.state_dict())
-    np.testing.assert_array_equal(fresh.score(clips), fitted.score(clips))
+def test_state_dict_round_trip_gives_identical_scores(case) -> None:
+    det, data = case
+    clips, ids, _ = _test_set(data)
+    fresh = type(det)(**det.get_params()).load_state_dict(det.state_dict(), det.learned())
+    np.testing.assert_array_equal(fresh.score(clips, ids), det.score(clips, ids))
 
 
-def test_bundle_round_trip_gives_identical_scores(fitted: Detector, data: dict, tmp_path) -> None:
-    clips, _ = _test_set(data)
-    feature = LogMelConfig(n_mels=DIM)  # only recorded here: these tests feed feature vectors directly
-    save_bundle(tmp_path / "b", fitted, feature, 1.5, {"method": "fixed", "value": 1.5}, "fan", ["id_00"], {})
+def test_bundle_round_trip_gives_identical_scores(case, tmp_path) -> None:
+    det, data = case
+    clips, ids, _ = _test_set(data)
+    feature = LogMelConfig(n_mels=data["dim"])  # only recorded here: these tests feed feature vectors directly
+    save_bundle(tmp_path / "b", det, feature, 1.5, {"method": "fixed", "value": 1.5}, "fan", ["id_00"], {})
     bundle = load_bundle(tmp_path / "b", device="cpu")
-    assert bundle.name == fitted.name and type(bundle.detector) is type(fitted)
-    np.testing.assert_array_equal(bundle.score_features(clips), fitted.score(clips))
+    assert bundle.name == det.name and type(bundle.detector) is type(det)
+    assert bundle.meta["granularity"] == det.granularity
+    np.testing.assert_array_equal(bundle.score_features(clips, ids), det.score(clips, ids))
 
 
-def test_frame_level_vector_scores_average_to_clip_scores(fitted: Detector, data: dict) -> None:
-    clips, _ = _test_set(data)
-    if not fitted.frame_level:
+def test_vector_scores_average_to_clip_scores(case) -> None:
+    det, data = case
+    clips, ids, _ = _test_set(data)
+    if det.granularity == "window":
         with pytest.raises(NotImplementedError):
-            fitted.score_vectors(clips[0])
+            det.score_vectors(clips[0])
         return
-    per_vector = fitted.score_vectors(torch.cat(clips))
-    assert per_vector.shape == (sum(c.shape[0] for c in clips),) and per_vector.device.type == "cpu"
-    means = [float(p.double().mean()) for p in torch.split(per_vector, [c.shape[0] for c in clips])]
-    np.testing.assert_allclose(means, fitted.score(clips), rtol=1e-5)
+    lengths = [c.shape[0] for c in clips]
+    row_ids = None if ids is None else [i for i, n in zip(ids, lengths) for _ in range(n)]
+    per_vector = det.score_vectors(torch.cat(clips), row_ids)
+    assert per_vector.shape == (sum(lengths),) and per_vector.device.type == "cpu"
+    means = [float(p.double().mean()) for p in torch.split(per_vector, lengths)]
+    np.testing.assert_allclose(means, det.score(clips, ids), rtol=1e-5)
     # a window of the monitor is any run of vectors: scoring it piecewise gives the same numbers
-    piece = clips[0][:7]
-    np.testing.assert_allclose(fitted.score_vectors(piece).numpy(), per_vector[:7].numpy(), rtol=1e-5)
+    piece_ids = None if row_ids is None else row_ids[:7]
+    np.testing.assert_allclose(det.score_vectors(clips[0][:7], piece_ids).numpy(), per_vector[:7].numpy(), rtol=1e-5)
 
 
-@pytest.mark.parametrize("name", sorted(REGISTRY))
-def test_fit_refuses_bad_training_sets(name: str, data: dict) -> None:
+def test_id_conditioned_detectors_refuse_clips_without_ids(case) -> None:
+    det, data = case
+    if not det.needs_ids:
+        return
+    with pytest.raises(ValueError, match="machine id"):
+        det.score(data["normal"])
+    with pytest.raises(ValueError, match="machine id"):
+        type(det)(**det.get_params()).fit(data["train"])
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_fit_refuses_bad_training_sets(name: str) -> None:
     cls = REGISTRY[name]
+    data = example_data(cls)
+    dim, ids = data["dim"], data["train_ids"]
     det = cls(**cls.quick_params)
     with pytest.raises(ValueError, match="empty"):
-        det.fit([])
+        det.fit([], [] if ids else None)
     bad = [c.clone() for c in data["train"][:3]]
     bad[1][5, 3] = float("nan")
     with pytest.raises(ValueError, match=r"\[1\].*NaN/inf"):
-        det.fit(bad)
-    with pytest.raises(ValueError, match=r"\[1\].*dim 39, expected 40"):
-        det.fit([data["train"][0], data["train"][1][:, :39]])
+        det.fit(bad, ids[:3] if ids else None)
+    with pytest.raises(ValueError, match=rf"\[1\].*dim {dim - 1}, expected {dim}"):
+        det.fit([data["train"][0], data["train"][1][:, : dim - 1]], ids[:2] if ids else None)
     with pytest.raises(ValueError, match="no feature vectors"):
-        det.fit([data["train"][0], torch.zeros((0, DIM))])
+        det.fit([data["train"][0], torch.zeros((0, dim))], ids[:2] if ids else None)
     with pytest.raises(ValueError, match="list"):
         det.fit(data["train"][0])
 
 
-def test_score_refuses_bad_input(fitted: Detector, data: dict) -> None:
-    with pytest.raises(ValueError, match="dim 41, expected 40"):
-        fitted.score([torch.zeros((5, 41))])
+def test_score_refuses_bad_input(case) -> None:
+    det, data = case
+    dim = data["dim"]
+    one = None if data["normal_ids"] is None else data["normal_ids"][:1]
+    with pytest.raises(ValueError, match=f"dim {dim + 1}, expected {dim}"):
+        det.score([torch.zeros((5, dim + 1))], one)
     with pytest.raises(ValueError, match="NaN/inf"):
-        fitted.score([torch.full((5, DIM), float("inf"))])
+        det.score([torch.full((5, dim), float("inf"))], one)
     with pytest.raises(ValueError, match="empty"):
-        fitted.score([])
-    if fitted.frame_level:
-        with pytest.raises(ValueError, match=r"\[N, 40\]"):
-            fitted.score_vectors(torch.zeros((5, 41)))
+        det.score([], [] if one else None)
+    if det.granularity == "vector":
+        with pytest.raises(ValueError, match=rf"\[N, {dim}\]"):
+            det.score_vectors(torch.zeros((5, dim + 1)), None if one is None else one * 5)
 
 
-@pytest.mark.parametrize("name", sorted(REGISTRY))
-def test_unfitted_detector_says_so(name: str, data: dict) -> None:
+@pytest.mark.parametrize("name", NAMES)
+def test_unfitted_detector_says_so(name: str) -> None:
+    data = example_data(REGISTRY[name])
     det = REGISTRY[name]()
+    assert not det.is_fitted
     with pytest.raises(NotFittedError, match="not fitted"):
-        det.score(data["normal"])
+        det.score(data["normal"], data["normal_ids"])
     with pytest.raises(NotFittedError):
         det.state_dict()
 
 
-def test_load_state_dict_refuses_mismatched_state(fitted: Detector) -> None:
-    state = fitted.state_dict()
-    fresh = lambda: type(fitted)(**fitted.get_params())  # noqa: E731
+def test_load_state_dict_refuses_mismatched_state(case) -> None:
+    det, _ = case
+    state, learned = det.state_dict(), det.learned()
+    fresh = lambda: type(det)(**det.get_params())  # noqa: E731
     victim = next(iter(state))
     with pytest.raises(ValueError):
-        fresh().load_state_dict({k: v for k, v in state.items() if k != victim})
+        fresh().load_state_dict({k: v for k, v in state.items() if k != victim}, learned)
     with pytest.raises(ValueError, match="unexpected"):
-        fresh().load_state_dict({**state, "surplus": torch.zeros(1)})
+        fresh().load_state_dict({**state, "surplus": torch.zeros(1)}, learned)
 
 
 # -- the DCASE 2020 baseline specifically ---------------------------------------------------------------------------
@@ -197,6 +251,11 @@ def test_dcase_ae_matches_the_baseline_architecture() -> None:
     assert (params["epochs"], params["batch_size"], params["lr"], params["validation_split"]) == (100, 512, 1e-3, 0.1)
 
 
+@pytest.fixture(scope="module")
+def data() -> dict:
+    return example_data(DcaseAE)
+
+
 def test_dcase_ae_clip_score_is_mean_per_vector_mse(data: dict) -> None:
     det = DcaseAE(**DcaseAE.quick_params).fit(data["train"])
     clip = data["normal"][0]
@@ -208,7 +267,7 @@ def test_dcase_ae_clip_score_is_mean_per_vector_mse(data: dict) -> None:
 
 def test_dcase_ae_without_normalisation_keeps_raw_scale(data: dict) -> None:
     det = DcaseAE(**{**DcaseAE.quick_params, "epochs": 1, "normalize": False}).fit(data["train"][:4])
-    assert torch.equal(det.mean_, torch.zeros(DIM)) and torch.equal(det.scale_, torch.ones(DIM))
+    assert torch.equal(det.mean_, torch.zeros(data["dim"])) and torch.equal(det.scale_, torch.ones(data["dim"]))
     assert np.isfinite(det.score(data["normal"][:2])).all()
 
 

@@ -11,15 +11,34 @@ import numpy as np
 import pytest
 
 from models.bundle import Bundle, load_bundle
-from monitor.alarms import AlarmPolicy
+from models.detectors import REGISTRY
+from models.training.recipe import build_spec, fit_bundle
+from monitor.config import AlarmPolicy, PipelineConfig
 from monitor.events import AlarmEvent, CounterEvent, ScoreUpdate, SourceStatus
 from monitor.pipeline import Pipeline, StreamResampler
 from monitor.sources import AudioBlock, BlockQueue, Source
+from tests import plugins
 from tests.helpers import SR, machine_audio, make_tiny_bundle
+
+CPU = PipelineConfig(device="cpu")
+
 
 @pytest.fixture(scope="module")
 def bundle(tmp_path_factory: pytest.TempPathFactory) -> Bundle:
     return load_bundle(make_tiny_bundle(tmp_path_factory.mktemp("bundle") / "tiny"), device="cpu")
+
+
+@pytest.fixture(scope="module")
+def window_bundle(tmp_path_factory: pytest.TempPathFactory, bundle: Bundle):
+    """A real bundle of a window-level detector (a quantile of per-vector distances, not a mean: it can only be
+    right if the pipeline hands over the whole window), with the tiny bundle's feature and a 0.5 s hop."""
+    with plugins.plugins_registered():
+        cls = REGISTRY["test_window_quantile"]
+        spec = build_spec(cls.name, {"feature": bundle.feature.to_dict(), "threshold": "percentile:95",
+                                     "window_seconds": bundle.window_seconds, "hop_seconds": 0.5})
+        feats = spec.feature.extract_batch([machine_audio(2.0, seed) for seed in range(6)])
+        out = fit_bundle(tmp_path_factory.mktemp("wl") / "wl", spec, feats[:4], None, feats[4:], None, machine="hum")
+        yield load_bundle(out, device="cpu")
 
 
 class StubSource(Source):
@@ -40,7 +59,7 @@ class Collected:
 def pipeline_with(bundle, names, **kwargs) -> tuple[Pipeline, dict[str, Source], Collected]:
     """A pipeline over hand-fed sources; `out` collects what it emits outside `process()` (e.g. at close)."""
     out = Collected([])
-    pipe = Pipeline(out.events.append, device="cpu", **kwargs)
+    pipe = Pipeline(out.events.append, settings=CPU, **kwargs)
     sources = {}
     for n in names:
         src = StubSource(n, BlockQueue(8), out.events.append)
@@ -119,7 +138,7 @@ def test_batched_over_sources_equals_one_pipeline_per_source(bundle, monkeypatch
     pipe, _, _ = pipeline_with(bundle, list(signals))
     calls = []
     real = bundle.detector.score_vectors
-    monkeypatch.setattr(bundle.detector, "score_vectors", lambda X: calls.append(X.shape[0]) or real(X))
+    monkeypatch.setattr(bundle.detector, "score_vectors", lambda X, ids=None: calls.append(X.shape[0]) or real(X))
     together = run_ticks(pipe, {n: blocks_of(x, sizes[n]) for n, x in signals.items()})
     n_ticks = max(len(blocks_of(x, sizes[n])) for n, x in signals.items())
     assert 0 < len(calls) <= n_ticks  # one call per tick for all sources, never one per source
@@ -133,36 +152,23 @@ def test_batched_over_sources_equals_one_pipeline_per_source(bundle, monkeypatch
         np.testing.assert_allclose(got, ref, rtol=1e-6)
 
 
-class WindowLevelBundle:
-    """A stand-in for a non-frame-level detector: the window score is the max of its vectors' errors (not a mean,
-    so it can only be right if the pipeline hands over the whole window)."""
-
-    def __init__(self, inner: Bundle) -> None:
-        self.inner = inner
-        self.name, self.sample_rate, self.feature = "max_ae", inner.sample_rate, inner.feature
-        self.threshold, self.window_seconds, self.hop_seconds = inner.threshold, inner.window_seconds, 0.5
-        self.detector = type("NotFrameLevel", (), {"frame_level": False})()
-        self.calls: list[int] = []
-
-    def score_features(self, clips):
-        self.calls.append(len(clips))
-        return np.array([float(self.inner.detector.score_vectors(c).max()) for c in clips])
-
-
-def test_window_level_detectors_get_whole_windows_in_one_batched_call(bundle):
-    wl = WindowLevelBundle(bundle)
+def test_window_level_detectors_get_whole_windows_in_one_batched_call(window_bundle, monkeypatch):
+    calls = []
+    real = window_bundle.detector.score
+    monkeypatch.setattr(window_bundle.detector, "score", lambda clips, ids=None: calls.append(len(clips)) or real(clips))
     signals = {"a": machine_audio(3.0, 5), "b": machine_audio(3.0, 6, anomalous=True)}
-    pipe, _, _ = pipeline_with(wl, list(signals))
+    pipe, _, _ = pipeline_with(window_bundle, list(signals))
     events = run_ticks(pipe, {n: blocks_of(x, [2000]) for n, x in signals.items()})
-    assert wl.calls and max(wl.calls) == 2  # both sources' ready windows in one call
+    monkeypatch.undo()
+    assert calls and max(calls) == 2  # both sources' ready windows in one call
     for name, x in signals.items():
         got = np.array([e.score for e in events if isinstance(e, ScoreUpdate) and e.source == name])
-        exp = expected_window_scores(wl, x, got.size)
+        exp = expected_window_scores(window_bundle, x, got.size)
         np.testing.assert_allclose(got, exp, rtol=1e-5)
 
 
 def test_window_and_hop_overrides(bundle):
-    pipe = Pipeline(lambda e: None, device="cpu")
+    pipe = Pipeline(lambda e: None, settings=CPU)
     pipe.add_source(StubSource("a", BlockQueue(4), lambda e: None), bundle, window_seconds=0.5, hop_seconds=0.5)
     ups = [e for e in pipe.process({"a": blocks_of(machine_audio(3.0, 1), [SR * 3])}) if isinstance(e, ScoreUpdate)]
     cfg = bundle.feature
@@ -200,7 +206,7 @@ def test_a_gap_restarts_the_features_and_windows(bundle):
 
 
 def test_silence_is_a_status_not_an_alarm(bundle):
-    pipe = Pipeline(lambda e: None, AlarmPolicy(k=1, n=1), device="cpu", silence_dbfs=-60.0)
+    pipe = Pipeline(lambda e: None, AlarmPolicy(k=1, n=1), PipelineConfig(device="cpu", silence_dbfs=-60.0))
     quiet, loud = StubSource("quiet", BlockQueue(4), lambda e: None), StubSource("loud", BlockQueue(4), lambda e: None)
     for s in (quiet, loud):
         s.state = "online"
@@ -264,7 +270,7 @@ def test_stream_resampler_equals_resample_poly_on_the_whole_signal(rates):
 
 async def test_run_drains_queues_until_sources_end(bundle):
     out: list = []
-    pipe = Pipeline(out.append, device="cpu")
+    pipe = Pipeline(out.append, settings=CPU)
     src = StubSource("a", BlockQueue(64), out.append)
     src.state = "online"
     pipe.add_source(src, bundle)
@@ -276,17 +282,18 @@ async def test_run_drains_queues_until_sources_end(bundle):
     assert len([e for e in out if isinstance(e, ScoreUpdate)]) == window_count(bundle, 2 * SR)
 
 
-def test_sources_of_different_bundles_are_scored_by_their_own_bundle(bundle):
-    wl = WindowLevelBundle(bundle)
-    pipe = Pipeline(lambda e: None, device="cpu")
+def test_sources_of_different_bundles_are_scored_by_their_own_bundle(bundle, window_bundle):
+    wl = window_bundle
+    pipe = Pipeline(lambda e: None, settings=CPU)
     for name, b in (("frame", bundle), ("window", wl)):
         pipe.add_source(StubSource(name, BlockQueue(4), lambda e: None), b)
     x = machine_audio(3.0, 7)
     events = pipe.process({"frame": blocks_of(x, [SR]), "window": blocks_of(x, [SR])})
     by = {n: [e for e in events if isinstance(e, ScoreUpdate) and e.source == n] for n in ("frame", "window")}
-    assert {e.model for e in by["frame"]} == {"dcase_ae"} and {e.model for e in by["window"]} == {"max_ae"}
+    assert {e.model for e in by["frame"]} == {"dcase_ae"}
+    assert {e.model for e in by["window"]} == {"test_window_quantile"}
     np.testing.assert_allclose([e.score for e in by["frame"]], expected_window_scores(bundle, x, len(by["frame"])),
                                rtol=1e-5)
     np.testing.assert_allclose([e.score for e in by["window"]], expected_window_scores(wl, x, len(by["window"])),
                                rtol=1e-5)
-    assert pipe.models == ["dcase_ae", "max_ae"]
+    assert pipe.models == ["dcase_ae", "test_window_quantile"]

@@ -17,16 +17,15 @@ from typing import Any, Iterator
 import numpy as np
 import pytest
 import soundfile as sf
-import torch
 
-from models.detectors import REGISTRY, Detector, get_detector
-from models.detectors.base import check_clips
+from models.detectors import REGISTRY, get_detector
+from models.training.recipe import train_bundle
 from offline.cli import main
 from offline.datasets.index import load_clips
 from offline.evaluate import chance_scores
 from offline.metrics import auc_pauc
 from offline.report import summary_markdown, summary_rows
-from offline.train import train_bundle
+from tests import plugins
 
 SR = 16000
 DURATION = 1.0
@@ -75,44 +74,16 @@ def train_tiny(data: Path, machine: str, out: Path, model: str = "dcase_ae") -> 
     return train_bundle(load_clips(data, machine=machine), model, machine, out, config)
 
 
-class _StandInCentroid(Detector):
-    """STAND-IN, registered only while this module's fixtures run and only when dcase_ae is the sole registered
-    detector: distance of a clip's mean feature vector to the training centroid. It lets the side-by-side report be
-    tested with two real bundles (trained, saved and loaded by the real code) before a second detector exists."""
-
-    name = "test_centroid"
-
-    def __init__(self) -> None:
-        self.dim_: int | None = None
-
-    def fit(self, clips: Any) -> "_StandInCentroid":
-        X = torch.cat(check_clips(clips))
-        self.centroid_, self.dim_ = X.mean(0), X.shape[1]
-        return self
-
-    def score(self, clips: Any) -> np.ndarray:
-        self._check_fitted()
-        return np.array([float((c.mean(0) - self.centroid_).norm()) for c in check_clips(clips, dim=self.dim_)])
-
-    def state_dict(self) -> dict[str, torch.Tensor]:
-        return {"centroid": self.centroid_}
-
-    def load_state_dict(self, state: dict[str, torch.Tensor]) -> "_StandInCentroid":
-        self.centroid_ = state["centroid"].float()
-        self.dim_ = self.centroid_.shape[0]
-        return self
-
-
 @pytest.fixture(scope="module")
 def second_model() -> Iterator[str]:
-    """The side-by-side partner of dcase_ae: the first other registered detector, else the stand-in above."""
+    """The side-by-side partner of dcase_ae: the first other registered detector, else a test plug-in (trained,
+    saved and loaded by the real code) until a second shipped detector exists."""
     others = sorted(n for n in REGISTRY if n != "dcase_ae")
     if others:
         yield others[0]
         return
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setitem(REGISTRY, _StandInCentroid.name, _StandInCentroid)
-        yield _StandInCentroid.name
+    with plugins.plugins_registered():
+        yield plugins.WindowQuantileGaussian.name
 
 
 @pytest.fixture(scope="module")
@@ -210,9 +181,11 @@ def test_submission_files_match_results(report: dict[str, Any]) -> None:
     models = report["results"]["models"]["dcase_ae"]["machines"]
     for machine, ids in (("fan", FAN_IDS), ("pump", PUMP_IDS)):
         bundle_json = report["out"].parent / f"ae_{machine}" / "bundle.json"
-        threshold = json.loads(bundle_json.read_text())["threshold"]["value"]
-        assert models[machine]["threshold"] == pytest.approx(threshold)
+        stored = json.loads(bundle_json.read_text())["threshold"]
+        assert models[machine]["threshold"] == pytest.approx(stored["value"])
+        assert models[machine].get("threshold_per_id", {}) == pytest.approx(stored["per_id"])
         for ident in ids:
+            threshold = stored["per_id"].get(ident, stored["value"])  # an id's own threshold decides its clips
             scores = _read_rows(folder / f"anomaly_score_{machine}_{ident}.csv")
             decisions = dict(_read_rows(folder / f"decision_result_{machine}_{ident}.csv"))
             names = [r[0] for r in scores]

@@ -16,7 +16,7 @@ from models.detectors import REGISTRY
 from models.features import feature_from_dict
 from offline.cli import main
 from offline.datasets.records import Clip
-from offline.train import train_bundle
+from models.training.recipe import train_bundle
 
 SR = 16000
 REPO = Path(__file__).resolve().parents[2]

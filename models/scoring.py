@@ -1,0 +1,259 @@
+"""The one scoring path: features -> stages -> detector, for any number of streams, offline and in the monitor.
+
+`Chain` is the fitted model without its feature front end (stages then detector); `StreamScorer` feeds it from
+incremental features. Offline scoring of whole clips is the scorer with the window set to the clip (`window=None`:
+each stream's one score comes at `flush()`), exactly as offline features are one stream fed the whole clip, so the
+monitor and `asd-offline score` cannot compute different numbers.
+
+How a window is scored depends on what the parts need, and is decided here once:
+- `vector` mode (framed or vectors feature, vector stages, vector detector): every new vector goes through the
+  stages and the detector once, all streams in one call; a window's score is the mean of its W vector scores, so
+  overlapping windows never re-score a vector.
+- `window` mode (a window-level stage or detector): the last W vectors of each stream are kept (after any leading
+  vector stages) and every ready window of every stream is scored in one batched `score` call.
+- `audio` mode (a window-level feature such as a modulation spectrum): the last window of samples is kept and each
+  ready window becomes one feature vector, then as above.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Sequence
+
+import numpy as np
+import torch
+
+from models.detectors.base import Detector, check_ids
+from models.features import FeatureConfig
+
+if TYPE_CHECKING:
+    from models.stages import Stage
+
+WindowScores = list[tuple[int, float]]  # (end sample of the window in the stream, score)
+
+
+class Chain:
+    """Stages then detector: the fitted model after the feature front end."""
+
+    def __init__(self, stages: Sequence["Stage"], detector: Detector) -> None:
+        self.stages = list(stages)
+        self.detector = detector
+        # stages up to the first window-level part run once per vector; the rest need whole windows
+        n_vec = 0
+        while n_vec < len(self.stages) and self.stages[n_vec].granularity == "vector":
+            n_vec += 1
+        self.vector_stages, self.window_stages = self.stages[:n_vec], self.stages[n_vec:]
+        self.vector_level = not self.window_stages and detector.granularity == "vector"
+
+    def transform_vectors(self, X: torch.Tensor) -> torch.Tensor:
+        """The leading vector stages on a block of vectors `[N, dim]`."""
+        for stage in self.vector_stages:
+            X = stage.transform(X)
+        return X
+
+    def score_vectors(self, X: torch.Tensor, ids: Sequence[str] | None = None) -> torch.Tensor:
+        """Per-vector scores `[N]` of a vector-level chain."""
+        return self.detector.score_vectors(self.transform_vectors(X), ids)
+
+    def score_windows(self, windows: Sequence[torch.Tensor], ids: Sequence[str] | None = None,
+                      transformed: bool = False) -> np.ndarray:
+        """One score per `[T, dim]` window (feature vectors; `transformed`: the vector stages already ran)."""
+        clips = list(windows)
+        if not transformed and self.vector_stages:
+            clips = _split_like(self.transform_vectors(torch.cat(clips)), clips)
+        for stage in self.window_stages:
+            clips = stage.transform_clips(clips)
+        return self.detector.score(clips, ids)
+
+
+def _split_like(X: torch.Tensor, parts: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+    return list(torch.split(X, [p.shape[0] for p in parts]))
+
+
+@dataclass
+class _StreamState:
+    machine_id: str | None
+    n_in: int = 0  # input samples accepted since the last reset
+    n_vec: int = 0  # vectors produced since the last reset
+    ring: Any = None  # last W vector scores (vector mode), vectors (window mode) or samples (audio mode)
+    last: int | None = None  # position of the last emitted window's end; None: none emitted since reset
+    whole: list[Any] = field(default_factory=list)  # window=None: everything of the clip
+
+
+class StreamScorer:
+    """Window scores of `n_streams` streams fed chunk by chunk. `accept(chunks)` takes one chunk (or None) per
+    stream and returns, per stream, the `(end_sample, score)` of every window the chunk completed; `end_sample`
+    counts the stream's input samples since its last `reset`.
+
+    `window`/`hop` are in seconds. With `window=None` each stream is one window that ends at `flush()` (offline
+    scoring of whole clips). Otherwise the first window is emitted as soon as it is full, then one every hop.
+    """
+
+    def __init__(self, feature: FeatureConfig, chain: Chain, n_streams: int = 0, window: float | None = None,
+                 hop: float | None = None, device: str | torch.device | None = "cpu",
+                 machine_ids: Sequence[str | None] | None = None) -> None:
+        self.feature, self.chain = feature, chain
+        self.mode = "audio" if feature.window_level else "vector" if chain.vector_level else "window"
+        self.whole = window is None
+        sr = feature.sample_rate
+        if self.mode == "audio":
+            self.window = self.hop = 0
+            if not self.whole:
+                self.window = int(round(float(window) * sr))
+                self.hop = max(1, int(round(float(hop or window) * sr)))
+                if self.window < feature.min_window:
+                    raise ValueError(f"a window of {window} s is shorter than the {feature.kind} feature needs "
+                                     f"({feature.min_window / sr:g} s)")
+        else:
+            self.window = self.hop = 0
+            if not self.whole:
+                self.window = feature.n_vectors(int(round(float(window) * sr)))
+                if self.window < 1:
+                    raise ValueError(f"a window of {window} s is shorter than one {feature.kind} vector "
+                                     f"({feature.span_samples / sr:g} s)")
+                self.hop = max(1, int(round(float(hop or window) * sr / feature.hop_samples)))
+        self.stream = feature.batch_stream(0, device)
+        self._states: list[_StreamState] = []
+        for mid in machine_ids or [None] * n_streams:
+            self.add_stream(mid)
+
+    def __len__(self) -> int:
+        return len(self._states)
+
+    def add_stream(self, machine_id: str | None = None) -> int:
+        """Add a stream (scored as machine `machine_id`); returns its index."""
+        check_ids(None if machine_id is None else [machine_id], 1, self.chain.detector)
+        self._states.append(_StreamState(machine_id))
+        return self.stream.add_stream()
+
+    def reset(self, index: int) -> None:
+        """Forget a stream's partial input and windows (after a gap in its audio): no window straddles the gap."""
+        self.stream.reset(index)
+        self._states[index] = _StreamState(self._states[index].machine_id)
+
+    def accept(self, chunks: Sequence[np.ndarray | torch.Tensor | None]) -> list[WindowScores]:
+        if len(chunks) != len(self._states):
+            raise ValueError(f"got {len(chunks)} chunks for {len(self._states)} streams")
+        for st, c in zip(self._states, chunks):
+            if c is not None:
+                st.n_in += int(np.shape(c)[0])
+        if self.mode == "audio":
+            return self._accept_audio(chunks)
+        vectors = self.stream.accept(chunks)
+        if self.whole:
+            for st, v in zip(self._states, vectors):
+                if v.shape[0]:
+                    st.whole.append(v)
+            return [[] for _ in self._states]
+        new = {i: v for i, v in enumerate(vectors) if v.shape[0]}
+        return self._vector_windows(new) if self.mode == "vector" else self._matrix_windows(new)
+
+    def flush(self) -> list[WindowScores]:
+        """End every stream. With `window=None` returns each stream's one score over everything it received (a
+        stream too short for one vector gets none); with a sliding window, a partial window is not scored."""
+        rest = self.stream.flush()
+        out: list[WindowScores] = [[] for _ in self._states]
+        if self.whole:
+            clips = [(i, torch.cat(st.whole + [rest[i]])) for i, st in enumerate(self._states)]
+            ready = [(i, c) for i, c in clips if c.shape[0]]
+            if ready:
+                ids = self._ids([i for i, _ in ready])
+                scores = self._score_clips([c for _, c in ready], ids)
+                for (i, _), s in zip(ready, scores):
+                    out[i].append((self._states[i].n_in, float(s)))
+        for i in range(len(self._states)):
+            self.reset(i)
+        return out
+
+    # -- the three modes --------------------------------------------------------------------------------------------
+
+    def _ids(self, indices: Sequence[int]) -> list[str] | None:
+        ids = [self._states[i].machine_id for i in indices]
+        return None if any(m is None for m in ids) else [str(m) for m in ids]
+
+    def _score_clips(self, clips: list[torch.Tensor], ids: list[str] | None) -> np.ndarray:
+        """Whole clips: a vector-level chain's clip score is the mean of its vector scores (its `score`)."""
+        return self.chain.score_windows(clips, ids)
+
+    def _ends(self, st: _StreamState, n_new: int) -> range:
+        """Positions (1-based counts since reset) of the windows that `n_new` more items complete: the first as
+        soon as W items are there, then one every H."""
+        first = self.window if st.last is None else st.last + self.hop
+        ends = range(first, st.n_vec + n_new + 1, self.hop)
+        if ends:
+            st.last = ends[-1]
+        st.n_vec += n_new
+        return ends
+
+    def _end_sample(self, vector_end: int) -> int:
+        """The input sample count at which the window ending with vector `vector_end` (1-based) is complete."""
+        return (vector_end - 1) * self.feature.hop_samples + self.feature.span_samples
+
+    def _vector_windows(self, new: dict[int, torch.Tensor]) -> list[WindowScores]:
+        out: list[WindowScores] = [[] for _ in self._states]
+        if not new:
+            return out
+        order = sorted(new)
+        rows = [n for i in order for n in [self._states[i].machine_id] * new[i].shape[0]]
+        ids = None if any(r is None for r in rows) else [str(r) for r in rows]
+        # every new vector of every stream in one call; each vector is scored exactly once
+        scores = self.chain.score_vectors(torch.cat([new[i] for i in order]), ids).double().cpu().numpy()
+        offset = 0
+        for i in order:
+            st, k = self._states[i], new[i].shape[0]
+            fresh = scores[offset : offset + k]
+            offset += k
+            base = st.n_vec
+            hist = fresh if st.ring is None else np.concatenate([st.ring, fresh])
+            first = base - (hist.size - k)  # vector count at hist[0]
+            for e in self._ends(st, k):
+                w = hist[e - first - self.window : e - first]
+                out[i].append((self._end_sample(e), float(w.mean())))
+            st.ring = hist[-self.window :]
+        return out
+
+    def _matrix_windows(self, new: dict[int, torch.Tensor]) -> list[WindowScores]:
+        ready: list[tuple[int, int, torch.Tensor]] = []
+        for i in sorted(new):
+            st = self._states[i]
+            v = self.chain.transform_vectors(new[i]) if self.chain.vector_stages else new[i]
+            k = v.shape[0]
+            hist = v if st.ring is None else torch.cat([st.ring, v])
+            first = st.n_vec - (hist.shape[0] - k)
+            for e in self._ends(st, k):
+                ready.append((i, self._end_sample(e), hist[e - first - self.window : e - first]))
+            st.ring = hist[-self.window :]
+        return self._score_ready(ready, transformed=True)
+
+    def _score_ready(self, ready: list[tuple[int, int, torch.Tensor]], transformed: bool) -> list[WindowScores]:
+        out: list[WindowScores] = [[] for _ in self._states]
+        if not ready:
+            return out
+        ids = self._ids([i for i, _, _ in ready])
+        scores = self.chain.score_windows([w for _, _, w in ready], ids, transformed=transformed)
+        for (i, end, _), s in zip(ready, scores):
+            out[i].append((end, float(s)))
+        return out
+
+    def _accept_audio(self, chunks: Sequence[Any]) -> list[WindowScores]:
+        """Window-level features: keep the last window of samples; each ready window becomes one vector."""
+        from models.features.base import as_mono_float32
+
+        if self.whole:
+            self.stream.accept(chunks)
+            return [[] for _ in self._states]
+        windows: list[tuple[int, int, np.ndarray]] = []
+        for i, (st, chunk) in enumerate(zip(self._states, chunks)):
+            if chunk is None:
+                continue
+            x = as_mono_float32(chunk)
+            hist = x if st.ring is None else np.concatenate([st.ring, x])
+            first = st.n_vec - (hist.size - x.size)  # sample count at hist[0]
+            for e in self._ends(st, x.size):
+                windows.append((i, e, hist[e - first - self.window : e - first]))
+            st.ring = hist[-self.window :].copy()
+        if not windows:
+            return [[] for _ in self._states]
+        vectors = self.feature.compute([w for _, _, w in windows], self.stream.device)
+        return self._score_ready([(i, e, vectors[k : k + 1]) for k, (i, e, _) in enumerate(windows)],
+                                 transformed=False)

@@ -1,0 +1,331 @@
+"""The training recipe: data -> features -> stages -> fit -> threshold -> bundle.
+
+Two entries share everything after the features:
+- `train_bundle(clips, model, machine, out, config)`: clip records in (what `asd-offline train` reads); selects the
+  normal training clips, holds some out for the threshold, featurises them, then calls
+- `fit_bundle(out, spec, fit, holdout, ...)`: tensors in (per-clip feature matrices and their machine ids), which
+  `.npz` vector inputs and the monitor's demo use directly.
+
+It lives in `models`, not `offline`, because the monitor's demo trains too and `monitor` may not import `offline`.
+Config keys (configs/<model>.yaml, documented in offline/train.py) are checked before any audio is read.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol, Sequence
+
+import numpy as np
+import torch
+
+from models.detectors import Detector, get_detector
+from models.features import FeatureConfig, feature_from_dict
+from models.stages import Stage, get_stage
+from models.threshold import MIN_GAMMA_SCORES, fit_threshold, parse_threshold_spec
+from models.training.loop import make_progress
+
+log = logging.getLogger(__name__)
+
+_LOAD_GROUP = 64  # clips read and featurised together: bounds the raw audio held at once
+
+# the keys of configs/<model>.yaml
+CONFIG_KEYS = {"model", "feature", "params", "stages", "holdout", "threshold", "per_id_thresholds", "seed",
+               "window_seconds", "hop_seconds"}
+DEFAULTS: dict[str, Any] = {"holdout": 0.1, "threshold": "gamma", "per_id_thresholds": True, "seed": 0,
+                            "window_seconds": 10.0, "hop_seconds": 1.0}
+
+
+class ClipLike(Protocol):
+    """What training needs of a clip record (`offline.datasets.records.Clip` has it; `models` cannot import it)."""
+
+    path: Path
+    machine: str
+    id: str
+    split: str
+    label: str | None
+
+
+@dataclass
+class ModelSpec:
+    """Everything a config decides, built and checked before any data is read."""
+
+    detector: Detector
+    feature: FeatureConfig
+    stages: list[Stage]
+    threshold: dict[str, Any]  # fit_threshold keywords
+    holdout: float
+    per_id_thresholds: bool
+    seed: int
+    window_seconds: float
+    hop_seconds: float
+    config: dict[str, Any] = field(default_factory=dict)
+
+
+def check_config(config: dict[str, Any], where: str = "config") -> None:
+    """Top-level keys and section types; values are checked where they are used, with messages naming them."""
+    unknown = sorted(set(config) - CONFIG_KEYS)
+    if unknown:
+        raise ValueError(f"{where}: unknown key(s) {unknown}; allowed: {sorted(CONFIG_KEYS)}")
+    for key in ("feature", "params"):
+        if not isinstance(config.get(key, {}), dict):
+            raise ValueError(f"{where}: {key!r} must be a mapping")
+    stages = config.get("stages", [])
+    if not isinstance(stages, list) or not all(isinstance(s, (str, dict)) for s in stages):
+        raise ValueError(f"{where}: 'stages' must be a list of stage names or {{name: ..., params: {{...}}}}")
+
+
+def build_spec(
+    model_name: str,
+    config: dict[str, Any] | None = None,
+    *,
+    device: str | None = None,
+    progress: bool | None = None,
+    epochs: int | None = None,
+    feature_overrides: dict[str, Any] | None = None,
+) -> ModelSpec:
+    """Detector, feature, stages and settings from a config (the model's defaults where it is silent).
+
+    `device`, `progress` and `epochs` (None: the config's or the default) apply to every part that has such a
+    hyper-parameter; a detector trained in one pass ignores `epochs` and says so in one log line.
+    """
+    config = dict(config or {})
+    check_config(config)
+    if config.get("model", model_name) != model_name:
+        raise ValueError(f"the config is for model {config['model']!r}, but model {model_name!r} was requested")
+    settings = {**DEFAULTS, **{k: v for k, v in config.items() if k in DEFAULTS}}
+    cls = get_detector(model_name)
+    default = {"kind": "logmel", **cls.default_feature}
+    given = {**(config.get("feature") or {}), **(feature_overrides or {})}
+    # the model's default settings apply to its default kind only; another kind starts from its own defaults
+    feature_cfg = {**default, **given} if given.get("kind", default["kind"]) == default["kind"] else given
+    feature = feature_from_dict(feature_cfg)
+    params = dict(config.get("params") or {})
+    if "seed" in params:
+        raise ValueError("set `seed` at the top level of the config, not under `params` (one seed drives everything)")
+    seed = int(settings["seed"])
+    shared = {"seed": seed, "device": device, "progress": progress, "epochs": epochs}
+    if epochs is not None and not cls.iterative():
+        log.info("%s is fitted in one pass: --epochs %d does not apply to it", model_name, epochs)
+    detector = cls.from_params(_with_shared(params, shared, cls.param_names()))
+    stages = []
+    for i, entry in enumerate(config.get("stages") or []):
+        name, sparams = (entry, {}) if isinstance(entry, str) else (entry.get("name"), dict(entry.get("params") or {}))
+        if not isinstance(name, str) or set(entry if isinstance(entry, dict) else {}) - {"name", "params"}:
+            raise ValueError(f"stages[{i}]: expected a stage name or {{name: ..., params: {{...}}}}, got {entry!r}")
+        scls = get_stage(name)
+        stages.append(scls.from_params(_with_shared(sparams, shared, scls.param_names())))
+    holdout = float(settings["holdout"])
+    if not 0.0 <= holdout < 1.0:
+        raise ValueError(f"holdout must be in [0, 1), got {holdout}")
+    return ModelSpec(
+        detector=detector, feature=feature, stages=stages,
+        threshold=parse_threshold_spec(str(settings["threshold"])), holdout=holdout,
+        per_id_thresholds=bool(settings["per_id_thresholds"]), seed=seed,
+        window_seconds=float(settings["window_seconds"]), hop_seconds=float(settings["hop_seconds"]),
+        config=config,
+    )
+
+
+def _with_shared(params: dict[str, Any], shared: dict[str, Any], names: list[str]) -> dict[str, Any]:
+    out = dict(params)
+    for key, value in shared.items():
+        if value is not None and key in names:
+            out[key] = value
+    return out
+
+
+# -- clips in ---------------------------------------------------------------------------------------------------
+
+
+def _featurise(
+    clips: Sequence[ClipLike], feature: FeatureConfig, device: torch.device, progress: bool
+) -> tuple[list[torch.Tensor], float]:
+    """Load and featurise clips in groups, keeping only the CPU feature matrices (raw audio is dropped per group).
+
+    Returns the features and the seconds of audio read."""
+    from models.audio import load_wav
+
+    feats: list[torch.Tensor] = []
+    seconds = 0.0
+    bar = make_progress(progress, "features", len(clips))
+    with bar or contextlib.nullcontext():
+        for start in range(0, len(clips), _LOAD_GROUP):
+            group = clips[start : start + _LOAD_GROUP]
+            wavs = [load_wav(c.path, sample_rate=feature.sample_rate, resample=True)[0] for c in group]
+            for clip, wav in zip(group, wavs):
+                if feature.n_vectors(wav.shape[0]) == 0:
+                    raise ValueError(f"{clip.path}: {wav.shape[0]} samples is too short for one feature vector")
+                seconds += wav.shape[0] / feature.sample_rate
+            feats += [f.cpu() for f in feature.extract_batch(wavs, device)]
+            if bar is not None:
+                bar.update(bar.task_ids[0], advance=len(group))
+    return feats, seconds
+
+
+def select_training_clips(clips: Sequence[ClipLike], machine: str, ids: Sequence[str] | None) -> list[ClipLike]:
+    """Normal training clips of one machine type (and ids); the error lists what the data does have."""
+    chosen = [c for c in clips if c.machine == machine and c.split == "train" and c.label != "anomaly"]
+    if ids:
+        known = sorted({c.id for c in chosen})
+        missing = sorted(set(ids) - set(known))
+        if missing:
+            raise ValueError(f"no normal training clips of {machine} for id(s) {missing}; ids present: {known}")
+        chosen = [c for c in chosen if c.id in set(ids)]
+    if not chosen:
+        machines = sorted({c.machine for c in clips if c.split == "train"})
+        raise ValueError(f"no normal training clips of machine {machine!r} (machines with training clips: {machines})")
+    return chosen
+
+
+def holdout_indices(n: int, holdout: float, seed: int, gamma: bool) -> list[int]:
+    """Seeded choice of the items whose scores set the threshold (at least one when holdout > 0).
+
+    A gamma threshold needs `MIN_GAMMA_SCORES` scores: too few is an error here, before any audio is read."""
+    n_hold = max(1, round(holdout * n)) if holdout > 0 else 0
+    if n - n_hold < 1:
+        raise ValueError(f"{n} training clip(s): too few to hold out {holdout:.0%} and still train")
+    if gamma and (n_hold or n) < MIN_GAMMA_SCORES:
+        raise ValueError(
+            f"a gamma threshold needs at least {MIN_GAMMA_SCORES} held-out clips, got {n_hold or n} "
+            f"({n} training clips, holdout {holdout}); raise --holdout or use --threshold percentile:P / fixed:V"
+        )
+    return sorted(np.random.default_rng(seed).permutation(n)[:n_hold].tolist())
+
+
+def split_holdout(
+    clips: Sequence[Any], holdout: float, seed: int, gamma: bool
+) -> tuple[list[Any], list[Any]]:
+    """Items to fit and items whose scores set the threshold (`holdout_indices`), in their original order."""
+    hold = set(holdout_indices(len(clips), holdout, seed, gamma))
+    return [c for i, c in enumerate(clips) if i not in hold], [c for i, c in enumerate(clips) if i in hold]
+
+
+def train_bundle(
+    clips: Sequence[ClipLike],
+    model_name: str,
+    machine: str,
+    out: str | Path,
+    config: dict[str, Any] | None = None,
+    *,
+    ids: Sequence[str] | None = None,
+    data_source: str | None = None,
+    device: str | None = None,
+    progress: bool | None = None,
+    epochs: int | None = None,
+) -> Path:
+    """Train `model_name` on the normal training clips of `machine`, set the threshold, write a bundle at `out`.
+
+    Bad settings fail before any audio is read. Used by `asd-offline train`.
+    """
+    from models.device import describe, select_device
+
+    spec = build_spec(model_name, config, device=device, progress=progress, epochs=epochs)
+    chosen = select_training_clips(clips, machine, ids)
+    fit_clips, hold_clips = split_holdout(chosen, spec.holdout, spec.seed, gamma=spec.threshold["method"] == "gamma")
+    dev = select_device(device or spec.detector.get_params().get("device", "auto"))
+    show = bool(spec.detector.get_params().get("progress", True)) if progress is None else progress
+    log.info("%s/%s: %d clips to fit, %d held out, features on %s", model_name, machine, len(fit_clips),
+             len(hold_clips), describe(dev))
+    t0 = time.perf_counter()
+    fit_feats, fit_seconds = _featurise(fit_clips, spec.feature, dev, show)
+    hold_feats, hold_seconds = _featurise(hold_clips, spec.feature, dev, show) if hold_clips else ([], 0.0)
+    summary = {"data": data_source, "n_clips": len(chosen), "audio_seconds": round(fit_seconds + hold_seconds, 3),
+               "feature_seconds": round(time.perf_counter() - t0, 3), "device": describe(dev)}
+    return fit_bundle(out, spec, fit_feats, [c.id for c in fit_clips], hold_feats, [c.id for c in hold_clips],
+                      machine=machine, summary=summary)
+
+
+# -- tensors in -------------------------------------------------------------------------------------------------
+
+
+def fit_bundle(
+    out: str | Path,
+    spec: ModelSpec,
+    fit: Sequence[torch.Tensor],
+    fit_ids: Sequence[str] | None,
+    holdout: Sequence[torch.Tensor] = (),
+    holdout_ids: Sequence[str] | None = None,
+    *,
+    machine: str,
+    summary: dict[str, Any] | None = None,
+    extra: dict[str, Any] | None = None,
+) -> Path:
+    """Fit the stages in order, then the detector, on `fit` (per-clip feature matrices with their machine ids);
+    set the threshold on the scores of `holdout` (the training clips' own scores when there is none, which
+    gives an optimistic, too low threshold); write the bundle.
+
+    Per-id thresholds are set for every id with enough held-out clips when `spec.per_id_thresholds` (an id
+    without gets the global one): machine ids of one type often score on different scales.
+    """
+    from models.bundle import save_bundle  # lazy: models.bundle -> scoring -> detectors -> loop
+    from models.scoring import Chain
+
+    fit = list(fit)
+    holdout = list(holdout)
+    ids_fit = None if fit_ids is None else [str(i) for i in fit_ids]
+    ids_hold = None if holdout_ids is None else [str(i) for i in holdout_ids]
+    t0 = time.perf_counter()
+    cpu0 = time.process_time()  # CPU time of all threads: tells a slow machine from a busy one
+    feats = fit
+    for stage in spec.stages:
+        stage.fit(feats, ids_fit)
+        feats = stage.transform_clips(feats)
+    spec.detector.fit(feats, ids_fit)
+    t_fit, cpu_fit = time.perf_counter() - t0, time.process_time() - cpu0
+    chain = Chain(spec.stages, spec.detector)
+    scored, scored_ids = (holdout, ids_hold) if holdout else (fit, ids_fit)
+    scores = chain.score_windows(scored, scored_ids)
+    threshold, info = fit_threshold(scores, **spec.threshold)
+    per_id = _per_id_thresholds(scores, scored_ids, spec) if spec.per_id_thresholds else {}
+
+    history = getattr(spec.detector, "history_", None) or []
+    used_ids = sorted(set(ids_fit or []) | set(ids_hold or []))
+    full_summary: dict[str, Any] = {
+        **(summary or {}),
+        "n_fit_clips": len(fit),
+        "n_holdout_clips": len(holdout),
+        "holdout": spec.holdout,
+        "n_vectors": sum(int(f.shape[0]) for f in fit),
+        "threshold_scores": "holdout" if holdout else "training",
+        "score_stats": {"mean": float(np.mean(scores)), "std": float(np.std(scores)),
+                        "min": float(np.min(scores)), "max": float(np.max(scores))},
+        "seed": spec.seed,
+        "fit_seconds": round(t_fit, 3),
+        "fit_cpu_seconds": round(cpu_fit, 3),
+        "epochs_run": len(history),
+        "final_loss": history[-1]["loss"] if history else None,
+        "final_val_loss": history[-1].get("val_loss") if history else None,
+    }
+    full_summary.setdefault("n_clips", len(fit) + len(holdout))
+    config = {**spec.config, "params": spec.detector.get_params(),
+              "stages": [{"name": s.name, "params": s.get_params()} for s in spec.stages]}
+    path = save_bundle(
+        out, spec.detector, spec.feature, threshold, info, machine, used_ids, full_summary,
+        window_seconds=spec.window_seconds, hop_seconds=spec.hop_seconds,
+        extra={"config": config, **(extra or {})}, stages=spec.stages, per_id_thresholds=per_id,
+    )
+    log.info("%s/%s: threshold %.6g (%s%s), bundle %s", spec.detector.name, machine, threshold, info["method"],
+             f", {len(per_id)} per id" if per_id else "", path)
+    return path
+
+
+def _per_id_thresholds(scores: np.ndarray, ids: Sequence[str] | None, spec: ModelSpec) -> dict[str, float]:
+    if ids is None or spec.threshold["method"] == "fixed" or len(set(ids)) < 2:
+        return {}
+    need = MIN_GAMMA_SCORES if spec.threshold["method"] == "gamma" else 1
+    out: dict[str, float] = {}
+    for ident in sorted(set(ids)):
+        own = np.asarray([s for s, i in zip(scores, ids) if i == ident])
+        if own.size < need:
+            log.info("id %s: %d held-out scores, too few for its own threshold; it uses the global one", ident,
+                     own.size)
+            continue
+        try:
+            out[ident] = fit_threshold(own, **spec.threshold)[0]
+        except ValueError as exc:  # e.g. all equal: the global threshold still holds
+            log.info("id %s: no threshold of its own (%s); it uses the global one", ident, exc)
+    return out
