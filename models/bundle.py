@@ -37,6 +37,7 @@ import torch
 from models.detectors import REGISTRY, Detector
 from models.device import select_device
 from models.features import FeatureConfig, feature_from_dict
+from models.features.base import CLIP_GROUP
 from models.scoring import Chain, StreamScorer
 from models.stages import STAGES, Stage
 
@@ -51,7 +52,6 @@ BUNDLE_KINDS = ("detector", "classifier", "denoiser")
 DEFAULT_WINDOW_SECONDS = 10.0
 DEFAULT_HOP_SECONDS = 1.0
 _MEMBER_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
-_GROUP = 64  # clips per batched offline scoring call (bounds the frame matrix, as FeatureConfig.extract_batch)
 
 
 class BundleError(ValueError):
@@ -127,15 +127,11 @@ class Bundle:
     def score_wavs(self, wavs: Sequence[np.ndarray], ids: Sequence[str | None] | None = None) -> np.ndarray:
         """Clip scores of whole inputs (mono float32 clips at `self.sample_rate`, or `[n, dim]` rows for a vectors
         bundle): the stream scorer fed each clip as one window. A clip too short for one vector is an error."""
-        for i, w in enumerate(wavs):
-            n = int(np.shape(w)[0]) if np.ndim(w) else 0
-            if n < self.feature.min_samples:
-                raise ValueError(f"clip {i}: {n} samples is shorter than one feature vector "
-                                 f"({self.feature.min_samples} samples)")
+        self.feature.check_lengths(wavs)
         out: list[float] = []
-        for start in range(0, len(wavs), _GROUP):
-            part = list(wavs[start : start + _GROUP])
-            part_ids = None if ids is None else list(ids[start : start + _GROUP])
+        for start in range(0, len(wavs), CLIP_GROUP):
+            part = list(wavs[start : start + CLIP_GROUP])
+            part_ids = None if ids is None else list(ids[start : start + CLIP_GROUP])
             scorer = self.stream_scorer(machine_ids=part_ids or [None] * len(part))
             scorer.accept(part)
             out += [s[0][1] for s in scorer.flush()]

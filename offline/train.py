@@ -32,10 +32,7 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Sequence
-
-if TYPE_CHECKING:
-    from models.training.recipe import ClipLike
+from typing import Any, Sequence
 
 VECTOR_SUFFIXES = (".npz", ".csv")
 

@@ -30,6 +30,7 @@ from models.device import select_device
 from models.registry import Registry
 
 ROW_BLOCK = 16  # frame matrices are padded with zero rows to a multiple of this (see FrameComputer.frames)
+CLIP_GROUP = 64  # clips per batched offline call: bounds the frame matrix to ~100 MB for 10 s log-mel clips
 
 # kind -> class; filled by `@register_feature` as `models.features` imports each module
 FEATURES = Registry("feature kind", key="kind")
@@ -155,21 +156,15 @@ class FeatureConfig(ABC):
         self,
         xs: Sequence[np.ndarray | torch.Tensor] | np.ndarray | torch.Tensor,
         device: str | torch.device | None = "cpu",
-        group: int = 64,
+        group: int = CLIP_GROUP,
     ) -> list[torch.Tensor]:
-        """Offline features of many clips (any lengths), equal to `extract` on each, `group` clips per batched call
-        (64 bounds the frame matrix to ~100 MB for 10 s log-mel clips).
+        """Offline features of many clips (any lengths), equal to `extract` on each, `group` clips per batched
+        call.
 
         A clip too short for one vector is an error naming it: a clip without a score would silently misalign
         scores and labels downstream.
         """
-        for i, x in enumerate(xs):
-            n = self._n_input(x)
-            if n < self.min_samples:
-                unit = "rows" if self.input_kind == "vectors" else "samples"
-                raise FeatureInputError(
-                    f"clip {i}: {n} {unit} is shorter than one feature vector ({self.min_samples} {unit})"
-                )
+        self.check_lengths(xs)
         out: list[torch.Tensor] = []
         for start in range(0, len(xs), group):
             part = list(xs[start : start + group])
@@ -178,6 +173,16 @@ class FeatureConfig(ABC):
             rest = stream.flush()
             out += [a if r.shape[0] == 0 else torch.cat([a, r]) for a, r in zip(got, rest)]
         return out
+
+    def check_lengths(self, xs: Sequence[Any]) -> None:
+        """FeatureInputError naming the first input too short for one vector."""
+        for i, x in enumerate(xs):
+            n = self._n_input(x)
+            if n < self.min_samples:
+                unit = "rows" if self.input_kind == "vectors" else "samples"
+                raise FeatureInputError(
+                    f"clip {i}: {n} {unit} is shorter than one feature vector ({self.min_samples} {unit})"
+                )
 
     def example_input(self, n: int, seed: int = 0) -> np.ndarray:
         """Deterministic input of `n` samples (rows for vectors) for the registry-parametrized tests: a tone with

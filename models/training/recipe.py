@@ -22,6 +22,7 @@ from typing import Any, Protocol, Sequence
 import numpy as np
 import torch
 
+from models.bundle import DEFAULT_HOP_SECONDS, DEFAULT_WINDOW_SECONDS, save_bundle
 from models.detectors import Detector, get_detector
 from models.features import FeatureConfig, feature_from_dict
 from models.stages import Stage, get_stage
@@ -36,7 +37,7 @@ _LOAD_GROUP = 64  # clips read and featurised together: bounds the raw audio hel
 CONFIG_KEYS = {"model", "feature", "params", "stages", "holdout", "threshold", "per_id_thresholds", "seed",
                "window_seconds", "hop_seconds"}
 DEFAULTS: dict[str, Any] = {"holdout": 0.1, "threshold": "gamma", "per_id_thresholds": True, "seed": 0,
-                            "window_seconds": 10.0, "hop_seconds": 1.0}
+                            "window_seconds": DEFAULT_WINDOW_SECONDS, "hop_seconds": DEFAULT_HOP_SECONDS}
 
 
 class ClipLike(Protocol):
@@ -261,7 +262,6 @@ def fit_bundle(
     Per-id thresholds are set for every id with enough held-out clips when `spec.per_id_thresholds` (an id
     without gets the global one): machine ids of one type often score on different scales.
     """
-    from models.bundle import save_bundle  # lazy: models.bundle -> scoring -> detectors -> loop
     from models.scoring import Chain
 
     fit = list(fit)

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
+import torch
 
 from monitor import cli, demo
 from monitor.config import ConfigError, load_config
@@ -152,3 +153,29 @@ def test_demo_runs_headless_and_raises_one_alarm_for_the_faulty_machine(tmp_path
     assert (demo.cache_dir() / "bundle.json").exists()  # cached for the next run
     ended = {e["source"] for e in events if e["kind"] == "status" and e["state"] == "ended"}
     assert ended == {"fan", "pump", "valve"}
+
+
+def test_bundles_that_cannot_score_the_sources_are_start_up_errors(tmp_path, capsys):
+    """A per-id model without --id, and a bundle of pre-computed vectors (no audio to give it), are refused at
+    start-up with what to do; with --id the per-id model runs."""
+    from models.training.recipe import build_spec, fit_bundle
+    from tests import plugins
+
+    x = wav(tmp_path / "m.wav", machine_audio(2.0, 1))
+    feature = {"kind": "logmel", "sample_rate": SR, "n_fft": 256, "hop_length": 128, "n_mels": 16}
+    with plugins.plugins_registered():
+        spec = build_spec("test_per_id_gaussian", {"feature": feature, "threshold": "percentile:90",
+                                                   "window_seconds": 1.0, "hop_seconds": 0.5})
+        feats = spec.feature.extract_batch([machine_audio(2.0, s) for s in range(6)])
+        per_id = fit_bundle(tmp_path / "per_id", spec, feats[:4], ["id_00", "id_01"] * 2, feats[4:],
+                            ["id_00", "id_01"], machine="hum")
+        rc, _ = run_cli(tmp_path, "--bundle", str(per_id), "--replay", str(x), "--speed", "0")
+        assert rc == 2 and "scores per machine id" in capsys.readouterr().err
+        rc, events = run_cli(tmp_path, "--bundle", str(per_id), "--replay", str(x), "--speed", "0", "--id", "id_01")
+        assert rc == 0 and any(e["kind"] == "score" for e in events)
+    vec = build_spec("dcase_ae", {"params": {"epochs": 1, "progress": False}, "feature": {"kind": "vectors", "dim": 4},
+                                  "threshold": "percentile:90"})
+    rows = [torch.randn(1, 4) for _ in range(8)]
+    vectors = fit_bundle(tmp_path / "vec", vec, rows[:6], None, rows[6:], None, machine="v")
+    rc, _ = run_cli(tmp_path, "--bundle", str(vectors), "--replay", str(x))
+    assert rc == 2 and "not audio" in capsys.readouterr().err

@@ -297,3 +297,60 @@ def test_sources_of_different_bundles_are_scored_by_their_own_bundle(bundle, win
     np.testing.assert_allclose([e.score for e in by["window"]], expected_window_scores(wl, x, len(by["window"])),
                                rtol=1e-5)
     assert pipe.models == ["dcase_ae", "test_window_quantile"]
+
+
+def _two_id_bundle(out, name: str, feature: dict, threshold: str = "percentile:90") -> Bundle:
+    """A bundle fitted on clips of id_00 and id_01 (distinct seeds), with per-id thresholds."""
+    cls = REGISTRY[name]
+    spec = build_spec(name, {"params": cls.quick_params, "feature": feature, "threshold": threshold,
+                             "window_seconds": 1.0, "hop_seconds": 0.25})
+    feats = spec.feature.extract_batch([machine_audio(2.0, seed) for seed in range(10)])
+    ids = ["id_00", "id_01"] * 5
+    return load_bundle(fit_bundle(out, spec, feats[:6], ids[:6], feats[6:], ids[6:], machine="hum"), device="cpu")
+
+
+def test_a_sources_machine_id_picks_its_own_threshold(tmp_path, bundle):
+    b = _two_id_bundle(tmp_path / "ids", "dcase_ae", bundle.feature.to_dict())
+    assert set(b.per_id_thresholds) == {"id_00", "id_01"}
+    pipe = Pipeline(lambda e: None, settings=CPU)
+    for name, mid in (("a", "id_01"), ("b", None)):
+        src = StubSource(name, BlockQueue(4), lambda e: None)
+        src.machine_id = mid
+        pipe.add_source(src, b)
+    x = machine_audio(2.0, 3)
+    ups = [e for e in pipe.process({"a": blocks_of(x, [SR]), "b": blocks_of(x, [SR])}) if isinstance(e, ScoreUpdate)]
+    assert {u.threshold for u in ups if u.source == "a"} == {b.per_id_thresholds["id_01"]}
+    assert {u.threshold for u in ups if u.source == "b"} == {b.threshold}
+
+
+def test_a_per_id_model_needs_the_sources_machine_id(tmp_path, bundle):
+    from models.bundle import BundleError
+
+    with plugins.plugins_registered():
+        b = _two_id_bundle(tmp_path / "per_id", "test_per_id_gaussian", bundle.feature.to_dict())
+        pipe = Pipeline(lambda e: None, settings=CPU)
+        with pytest.raises(BundleError, match="scores per machine id"):
+            pipe.add_source(StubSource("anon", BlockQueue(4), lambda e: None), b)
+        src = StubSource("known", BlockQueue(4), lambda e: None)
+        src.machine_id = "id_00"
+        pipe.add_source(src, b)
+        x = machine_audio(2.0, 4)
+        got = [e.score for e in pipe.process({"known": blocks_of(x, [SR])}) if isinstance(e, ScoreUpdate)]
+        assert got and np.isfinite(got).all()
+        scorer = b.stream_scorer(1, 1.0, 0.25, machine_ids=["id_00"])
+        ref = [s for _, s in scorer.accept([x])[0]]
+        np.testing.assert_allclose(got, ref, rtol=1e-6)
+
+
+def test_a_window_level_feature_is_scored_from_each_windows_audio(tmp_path):
+    with plugins.plugins_registered():
+        b = _two_id_bundle(tmp_path / "bandstats", "dcase_ae",
+                           {"kind": "test_bandstats", "sample_rate": SR, "n_fft": 256, "hop_length": 128, "n_mels": 12})
+        pipe, _, _ = pipeline_with(b, ["a"])
+        x = machine_audio(3.0, 5)
+        ups = [e for e in run_ticks(pipe, {"a": blocks_of(x, [1500])}) if isinstance(e, ScoreUpdate)]
+        window, hop = int(b.window_seconds * SR), int(b.hop_seconds * SR)
+        ends = [window + k * hop for k in range(len(ups))]
+        assert len(ups) == (x.size - window) // hop + 1
+        np.testing.assert_allclose([u.time for u in ups], [1000.0 + e / SR for e in ends], atol=1e-6)
+        np.testing.assert_allclose([u.score for u in ups], b.score_wavs([x[e - window : e] for e in ends]), rtol=1e-5)

@@ -158,3 +158,81 @@ def test_train_bundle_api_with_holdout_zero(dataset: Path, tmp_path: Path) -> No
     assert (t["n_fit_clips"], t["n_holdout_clips"], t["threshold_scores"]) == (16, 0, "training")
     assert b.meta["model"]["params"]["device"] == "cpu" and b.meta["model"]["params"]["progress"] is False
     assert json.loads((out / "bundle.json").read_text())["extra"]["config"]["holdout"] == 0
+
+
+# -- every registered model the same way; per-id thresholds; pre-computed vectors --------------------------------
+
+
+@pytest.mark.parametrize("name", sorted(REGISTRY))
+def test_every_registered_detector_trains_quickly_with_epochs(name: str, dataset: Path, tmp_path: Path) -> None:
+    cfg = tmp_path / "quick.yaml"
+    quick = {k: v for k, v in REGISTRY[name].quick_params.items() if k != "epochs"}
+    cfg.write_text(yaml.safe_dump({"params": quick, "threshold": "percentile:90"}))
+    out = tmp_path / name
+    assert main(["train", "--data", str(dataset), "--model", name, "--machine", "fan", "--config", str(cfg),
+                 "--out", str(out), *FAST]) == 0
+    b = load_bundle(out, device="cpu")
+    assert b.name == name and b.meta["schema"] == 2
+    if REGISTRY[name].iterative():
+        assert b.meta["training"]["epochs_run"] == 2 and b.detector.get_params()["epochs"] == 2
+
+
+def test_a_one_pass_detector_says_it_ignores_epochs(dataset: Path, tmp_path: Path,
+                                                    caplog: pytest.LogCaptureFixture) -> None:
+    from tests import plugins
+
+    with plugins.plugins_registered(), caplog.at_level("INFO"):
+        name = plugins.WindowQuantileGaussian.name
+        assert main(["train", "--data", str(dataset), "--model", name, "--machine", "fan", "--out",
+                     str(tmp_path / "b"), "--threshold", "percentile:90", *FAST]) == 0
+    assert [r.getMessage() for r in caplog.records if "--epochs 2 does not apply" in r.getMessage()]
+
+
+def test_ids_with_enough_held_out_clips_get_their_own_threshold(dataset: Path, tmp_path: Path) -> None:
+    out = tmp_path / "per_id"
+    assert main(["train", "--data", str(dataset), "--model", "dcase_ae", "--machine", "fan", "--out", str(out),
+                 "--holdout", "0.5", "--threshold", "percentile:90", *FAST]) == 0
+    b = load_bundle(out, device="cpu")
+    assert set(b.per_id_thresholds) == {"id_00", "id_02"}
+    assert all(np.isfinite(v) and v > 0 for v in b.per_id_thresholds.values())
+
+
+def _vectors_npz(path: Path, n: int = 40, dim: int = 6, shift: float = 0.0) -> Path:
+    rng = np.random.default_rng(3)
+    latent = rng.normal(size=(n, 2))
+    X = latent @ rng.normal(size=(2, dim)) + 0.1 * rng.normal(size=(n, dim)) + shift
+    np.savez(path, X=X.astype(np.float32), names=np.array([f"file{i}.wav" for i in range(n)]),
+             ids=np.array(["id_00", "id_01"] * (n // 2)))
+    return path
+
+
+def test_train_and_score_precomputed_vectors(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    data = _vectors_npz(tmp_path / "scores.npz")
+    out = tmp_path / "vec"
+    assert main(["train", "--data", str(data), "--model", "dcase_ae", "--out", str(out), *FAST]) == 0
+    b = load_bundle(out, device="cpu")
+    assert b.feature.to_dict() == {"kind": "vectors", "sample_rate": 1, "dim": 6} and b.machine == "vectors"
+    assert b.meta["training"]["n_clips"] == 40 and b.ids == ["id_00", "id_01"]
+    capsys.readouterr()
+    assert main(["score", "--bundle", str(out), str(data), str(_vectors_npz(tmp_path / "far.npz", shift=9.0))]) == 0
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert len(lines) == 80 and [ln["row"] for ln in lines[:3]] == [0, 1, 2] and lines[1]["name"] == "file1.wav"
+    assert lines[1]["id"] == "id_01" and lines[1]["threshold"] == b.threshold_for("id_01")
+    near = np.array([ln["score"] for ln in lines[:40]])
+    far = np.array([ln["score"] for ln in lines[40:]])
+    assert far.min() > near.max()  # vectors far from the training rows score higher
+    np.testing.assert_allclose(near, b.score_wavs([r[None] for r in np.load(data)["X"]],
+                                                  ids=list(np.load(data)["ids"])), rtol=1e-6)
+
+
+def test_vector_file_errors_are_per_file(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    data = _vectors_npz(tmp_path / "scores.npz")
+    out = tmp_path / "vec"
+    assert main(["train", "--data", str(data), "--model", "dcase_ae", "--out", str(out), *FAST]) == 0
+    bad = tmp_path / "bad.npz"
+    np.savez(bad, X=np.zeros((3, 5), np.float32))
+    capsys.readouterr()
+    assert main(["score", "--bundle", str(out), str(bad), str(data), "--id", "id_00"]) == 1
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert lines[0]["error"] == f"{bad}: rows have 5 values, the bundle takes 6" and len(lines) == 41
+    assert all(ln.get("threshold") == load_bundle(out).threshold_for("id_00") for ln in lines[1:])
