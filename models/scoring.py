@@ -95,27 +95,26 @@ class StreamScorer:
         self.feature, self.chain = feature, chain
         self.mode = "audio" if feature.window_level else "vector" if chain.vector_level else "window"
         self.whole = window is None
-        sr = feature.sample_rate
-        if self.mode == "audio":
-            self.window = self.hop = 0
-            if not self.whole:
-                self.window = int(round(float(window) * sr))
-                self.hop = max(1, int(round(float(hop or window) * sr)))
-                if self.window < feature.min_window:
-                    raise ValueError(f"a window of {window} s is shorter than the {feature.kind} feature needs "
-                                     f"({feature.min_window / sr:g} s)")
-        else:
-            self.window = self.hop = 0
-            if not self.whole:
-                self.window = feature.n_vectors(int(round(float(window) * sr)))
-                if self.window < 1:
-                    raise ValueError(f"a window of {window} s is shorter than one {feature.kind} vector "
-                                     f"({feature.span_samples / sr:g} s)")
-                self.hop = max(1, int(round(float(hop or window) * sr / feature.hop_samples)))
+        self.window = self.hop = 0  # counted in samples (audio mode) or vectors; 0: the whole stream is one window
+        if not self.whole:
+            self.window, self.hop = self._window_hop(float(window), float(hop or window))
         self.stream = feature.batch_stream(0, device)
         self._states: list[_StreamState] = []
         for mid in machine_ids or [None] * n_streams:
             self.add_stream(mid)
+
+    def _window_hop(self, window: float, hop: float) -> tuple[int, int]:
+        f, sr = self.feature, self.feature.sample_rate
+        if self.mode == "audio":
+            w = int(round(window * sr))
+            if w < f.min_window:
+                raise ValueError(f"a window of {window} s is shorter than the {f.kind} feature needs "
+                                 f"({f.min_window / sr:g} s)")
+            return w, max(1, int(round(hop * sr)))
+        w = f.n_vectors(int(round(window * sr)))
+        if w < 1:
+            raise ValueError(f"a window of {window} s is shorter than one {f.kind} vector ({f.span_samples / sr:g} s)")
+        return w, max(1, int(round(hop * sr / f.hop_samples)))
 
     def __len__(self) -> int:
         return len(self._states)
@@ -158,7 +157,7 @@ class StreamScorer:
             ready = [(i, c) for i, c in clips if c.shape[0]]
             if ready:
                 ids = self._ids([i for i, _ in ready])
-                scores = self._score_clips([c for _, c in ready], ids)
+                scores = self.chain.score_windows([c for _, c in ready], ids)
                 for (i, _), s in zip(ready, scores):
                     out[i].append((self._states[i].n_in, float(s)))
         for i in range(len(self._states)):
@@ -170,10 +169,6 @@ class StreamScorer:
     def _ids(self, indices: Sequence[int]) -> list[str] | None:
         ids = [self._states[i].machine_id for i in indices]
         return None if any(m is None for m in ids) else [str(m) for m in ids]
-
-    def _score_clips(self, clips: list[torch.Tensor], ids: list[str] | None) -> np.ndarray:
-        """Whole clips: a vector-level chain's clip score is the mean of its vector scores (its `score`)."""
-        return self.chain.score_windows(clips, ids)
 
     def _ends(self, st: _StreamState, n_new: int) -> range:
         """Positions (1-based counts since reset) of the windows that `n_new` more items complete: the first as

@@ -182,8 +182,12 @@ def check_vectors(X: torch.Tensor | np.ndarray, dim: int) -> torch.Tensor:
     if t.ndim != 2 or t.shape[1] != dim:
         raise ValueError(f"expected vectors of shape [N, {dim}], got {tuple(t.shape)}")
     t = t.float()
-    if not torch.isfinite(t).all():
-        raise ValueError(f"{int((~torch.isfinite(t)).sum())} NaN/inf feature values")
+    # the sum carries any NaN/inf into its result without a [N, dim] mask (a fit's worth of vectors is ~1 GB); only
+    # when it is not finite (which huge finite values can also cause) is the exact count needed
+    if not torch.isfinite(t.sum()):
+        bad = int((~torch.isfinite(t)).sum())
+        if bad:
+            raise ValueError(f"{bad} NaN/inf feature values")
     return t
 
 
