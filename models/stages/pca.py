@@ -16,6 +16,18 @@ from models.detectors.base import ClipsLike, check_clips, check_state, check_vec
 from models.stages.base import Stage, register_stage
 
 
+def principal_axes(X: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Mean, eigenvalues (descending) and eigenvectors (columns) of the covariance of float64 rows `X`. Each
+    eigenvector's largest loading is made positive, so refits give identical projections."""
+    mean = X.mean(dim=0)
+    Xc = X - mean
+    cov = Xc.T @ Xc / max(1, X.shape[0] - 1)
+    evals, evecs = torch.linalg.eigh(cov)  # ascending
+    evals, evecs = evals.flip(0).clamp_min(0.0), evecs.flip(1)
+    signs = torch.sign(evecs.gather(0, evecs.abs().argmax(dim=0, keepdim=True)))
+    return mean, evals, evecs * torch.where(signs == 0, torch.ones_like(signs), signs)
+
+
 @register_stage
 class PCA(Stage):
     """Principal component analysis on the training vectors (covariance in float64, eigenvectors by `eigh`)."""
@@ -34,21 +46,14 @@ class PCA(Stage):
         if not (0 < k_req < 1 or (k_req >= 1 and k_req == int(k_req) and k_req <= dim)):
             raise ValueError(f"{self.name}: n_components must be a count in [1, {dim}] or a fraction in (0, 1), "
                              f"got {self.n_components}")
-        mean = X.mean(dim=0)
-        Xc = X - mean
-        cov = Xc.T @ Xc / max(1, X.shape[0] - 1)
-        evals, evecs = torch.linalg.eigh(cov)  # ascending
-        evals, evecs = evals.flip(0).clamp_min(0.0), evecs.flip(1)
+        mean, evals, evecs = principal_axes(X)
         ratio = evals / evals.sum().clamp_min(1e-300)
         if k_req < 1:
             k = int(torch.searchsorted(ratio.cumsum(0), torch.tensor(k_req, dtype=torch.float64)).item()) + 1
             k = min(k, dim)
         else:
             k = int(k_req)
-        # a deterministic sign per component (largest loading positive), so refits give identical projections
         comps = evecs[:, :k].T
-        signs = torch.sign(comps.gather(1, comps.abs().argmax(dim=1, keepdim=True)))
-        comps = comps * signs
         scale = evals[:k].sqrt().clamp_min(1e-12) if self.whiten else torch.ones(k, dtype=torch.float64)
         self._set(mean.float(), comps.float(), scale.float(), float(ratio[:k].sum()))
         return self

@@ -138,12 +138,21 @@ def test_config_errors(dataset: Path, tmp_path: Path, capsys: pytest.CaptureFixt
     assert "unknown hyper-parameter(s) ['dropout']" in capsys.readouterr().err
 
 
-def test_shipped_config_states_the_code_defaults() -> None:
-    config = yaml.safe_load((REPO / "configs" / "dcase_ae.yaml").read_text())
+MODEL_CONFIGS = sorted(p for p in (REPO / "configs").glob("*.yaml") if p.name != "monitor.example.yaml")
+
+
+@pytest.mark.parametrize("path", MODEL_CONFIGS, ids=lambda p: p.stem)
+def test_shipped_configs_state_the_code_defaults_and_build(path: Path) -> None:
+    from models.training.recipe import build_spec
+
+    config = yaml.safe_load(path.read_text())
     cls = REGISTRY[config["model"]]
-    assert feature_from_dict(config["feature"]) == feature_from_dict(cls.default_feature)
+    assert path.stem == cls.name
+    assert feature_from_dict(config["feature"]) == feature_from_dict({"kind": "logmel", **cls.default_feature})
     defaults = cls().get_params()
     assert {k: defaults[k] for k in config["params"]} == config["params"]
+    spec = build_spec(cls.name, config)
+    assert [s.name for s in spec.stages] == [s if isinstance(s, str) else s["name"] for s in config.get("stages", [])]
 
 
 def test_train_bundle_api_with_holdout_zero(dataset: Path, tmp_path: Path) -> None:
