@@ -1,12 +1,13 @@
-"""Accuracy on real recordings: the DCASE 2020 AE baseline on MIMII fan id_00, against rms_level and chance.
+"""Accuracy on real recordings: models side by side on MIMII fan id_00, against rms_level and chance.
 
-The real set (../shared/data/real, see its README) has 20 normal and 20 anomalous fan id_00 clips and no split. Each
-run draws a seeded split of the normals (`--n-train` to train, the rest to test; all anomalies to test), writes it
-as a manifest CSV in a temporary folder (the audio stays where it is), trains the AE with `train_bundle` and scores
-with `offline.evaluate.evaluate`, so the benchmark exercises the same code as `asd-offline train` / `evaluate`.
+The real set (../shared/data/real, see its README) has 20 normal and 20 anomalous fan id_00 clips (the
+`mimii_mohxen_fan_id00` folder) and no split. Each run draws a seeded split of the normals (`--n-train` to train,
+the rest to test; all anomalies to test), writes it as a manifest CSV in a temporary folder (the audio stays where
+it is), trains every model with its shipped config through `train_bundle` and scores them with
+`offline.evaluate.evaluate`, so the benchmark exercises the same code as `asd-offline train` / `evaluate`.
 Repeating over seeds shows how much of a single figure is the luck of a 10-normal test set.
 
-Usage: python -m benchmarks.bench_realdata [--seeds 10] [--epochs 100] [--n-train 10]
+Usage: python -m benchmarks.bench_realdata [--models dcase_ae,iforest] [--seeds 10] [--epochs 100] [--n-train 10]
        -> benchmarks/results/realdata_fan_id00.json
 """
 
@@ -31,8 +32,7 @@ DEFAULT_REAL = ROOT.parent / "shared" / "data" / "real"
 NAME = "realdata_fan_id00"
 MACHINE, ID = "fan", "id_00"
 FOLDER = "mimii_mohxen_fan_id00/"  # the 20 + 20 clips of one set; other folders' fan id_00 clips come from other sets
-MODEL = "dcase_ae"
-MODELS = (MODEL, "rms_level", "chance")
+REFERENCES = ("rms_level", "chance")
 
 log = logging.getLogger("bench_realdata")
 
@@ -61,35 +61,47 @@ def fan_id00_manifest(real_dir: Path, out_csv: Path, seed: int, n_train: int) ->
     return out_csv
 
 
-def train_config(epochs: int, seed: int) -> dict[str, Any]:
-    """DCASE 2020 baseline hyper-parameters except the epochs; 30 % of the training normals set the threshold
-    (the gamma fit needs at least 3 held-out clips)."""
-    return {
-        "params": {"epochs": epochs, "batch_size": 512, "lr": 1e-3, "device": "cpu", "progress": False},
-        "holdout": 0.3,
-        "seed": seed,
-    }
+def train_config(model: str, epochs: int, seed: int, threshold: str = "gamma") -> dict[str, Any]:
+    """The model's shipped config (configs/<model>.yaml), with `epochs` for iterative models and 30 % of the
+    training normals held out to set the threshold (the gamma fit needs at least 3 held-out clips, with distinct
+    scores: a forest on 7 clips can score 3 held-out clips alike, so `threshold` can name a percentile instead)."""
+    import yaml
+
+    from models.detectors import get_detector
+
+    path = ROOT / "configs" / f"{model}.yaml"
+    config = yaml.safe_load(path.read_text()) if path.exists() else {"model": model}
+    params = {**config.get("params", {})}
+    if get_detector(model).iterative():
+        params.update(epochs=epochs, device="cpu", progress=False)
+    return {**config, "params": params, "holdout": 0.3, "seed": seed, "threshold": threshold}
 
 
-def run_split(real_dir: Path, work: Path, seed: int, n_train: int, epochs: int) -> dict[str, Any]:
-    """Train and evaluate on one seeded split; AUC/pAUC of the AE and the two references."""
+def run_split(real_dir: Path, work: Path, seed: int, n_train: int, epochs: int,
+              models: tuple[str, ...] = ("dcase_ae",), threshold: str = "gamma") -> dict[str, Any]:
+    """Train every model and evaluate them side by side on one seeded split; AUC/pAUC with the two references."""
     from offline.datasets.index import load_clips
     from offline.evaluate import evaluate
     from models.training.recipe import train_bundle
 
     manifest = fan_id00_manifest(real_dir, work / f"manifest_seed{seed}.csv", seed, n_train)
+    out: dict[str, Any] = {"seed": seed, "train_seconds": {}}
+    bundles = []
+    for model in models:
+        t0 = time.perf_counter()
+        bundles.append(train_bundle(load_clips(manifest), model, MACHINE, work / f"bundle_{model}_seed{seed}",
+                                    train_config(model, epochs, seed, threshold)))
+        out["train_seconds"][model] = round(time.perf_counter() - t0, 2)
     t0 = time.perf_counter()
-    bundle = train_bundle(load_clips(manifest), MODEL, MACHINE, work / f"bundle_seed{seed}", train_config(epochs, seed))
-    t_train = time.perf_counter() - t0
-    results = evaluate(manifest, [bundle], work / f"report_seed{seed}", device="cpu", chance_seed=seed, plots=False)
-    t_eval = time.perf_counter() - t0 - t_train
-    out: dict[str, Any] = {"seed": seed, "train_seconds": round(t_train, 2), "evaluate_seconds": round(t_eval, 2)}
-    for name in MODELS:
+    results = evaluate(manifest, bundles, work / f"report_seed{seed}", device="cpu", chance_seed=seed, plots=False)
+    out["evaluate_seconds"] = round(time.perf_counter() - t0, 2)
+    for name in (*models, *REFERENCES):
         entry = results["models"][name]["machines"][MACHINE]["ids"][ID]
         out[name] = {"auc": entry["auc"], "pauc": entry["pauc"]}
-    fan = results["models"][MODEL]["machines"][MACHINE]
-    out[MODEL]["threshold"] = fan["threshold"]
-    out[MODEL]["confusion"] = {k: fan["confusion"][k] for k in ("tn", "fp", "fn", "tp")}
+    for model in models:
+        fan = results["models"][model]["machines"][MACHINE]
+        out[model]["threshold"] = fan["threshold"]
+        out[model]["confusion"] = {k: fan["confusion"][k] for k in ("tn", "fp", "fn", "tp")}
     out["n_test"] = {"normal": entry["n_normal"], "anomaly": entry["n_anomaly"]}
     return out
 
@@ -105,21 +117,26 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--real-dir", type=Path, default=DEFAULT_REAL)
     parser.add_argument("--seeds", type=int, default=10, help="number of seeded splits (seeds 0..N-1)")
     parser.add_argument("--n-train", type=int, default=10, help="normal clips used for training per split")
-    parser.add_argument("--epochs", type=int, default=100, help="AE epochs (the DCASE baseline uses 100)")
-    parser.add_argument("--out-dir", type=Path, default=RESULTS, help=f"where {NAME}.json goes")
+    parser.add_argument("--epochs", type=int, default=100, help="epochs of iterative models (the AE baseline: 100)")
+    parser.add_argument("--models", default="dcase_ae", help="comma-separated models, evaluated side by side")
+    parser.add_argument("--threshold", default="gamma", help="threshold spec of every model (default gamma)")
+    parser.add_argument("--name", default=NAME, help=f"result name (default {NAME})")
+    parser.add_argument("--out-dir", type=Path, default=RESULTS, help="where the JSON goes")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     if not (args.real_dir / "manifest.csv").exists():
         print(f"real recordings not found at {args.real_dir}", file=sys.stderr)
         return 2
 
+    models = tuple(args.models.split(","))
+    names = (*models, *REFERENCES)
     t0 = time.perf_counter()
     runs = []
     with tempfile.TemporaryDirectory(prefix="bench_realdata_") as tmp:
         for seed in range(args.seeds):
-            runs.append(run_split(args.real_dir, Path(tmp), seed, args.n_train, args.epochs))
-            log.info("seed %d: %s", seed, {m: runs[-1][m] for m in MODELS})
-    summary = {m: {k: spread([r[m][k] for r in runs]) for k in ("auc", "pauc")} for m in MODELS}
+            runs.append(run_split(args.real_dir, Path(tmp), seed, args.n_train, args.epochs, models, args.threshold))
+            log.info("seed %d: %s", seed, {m: runs[-1][m] for m in names})
+    summary = {m: {k: spread([r[m][k] for r in runs]) for k in ("auc", "pauc")} for m in names}
     result = {
         "data": {
             "real_dir": str(args.real_dir),
@@ -127,8 +144,7 @@ def main(argv: list[str] | None = None) -> int:
             "split": f"per seed: {args.n_train} normals train (30 % of them held out for the threshold), "
                      "the other normals and all anomalies test",
         },
-        "model": {"name": MODEL, "config": train_config(args.epochs, 0), "feature": "detector default (DCASE "
-                  "baseline: 128 mels, n_fft 1024, hop 512, context 5)"},
+        "models": {m: train_config(m, args.epochs, 0, args.threshold) for m in models},
         "references": {"chance": "seeded uniform random scores (seed = split seed)",
                        "rms_level": "clip RMS level in dBFS, louder = more anomalous"},
         "seeds": list(range(args.seeds)),
@@ -136,8 +152,8 @@ def main(argv: list[str] | None = None) -> int:
         "runs": runs,
         "total_seconds": round(time.perf_counter() - t0, 1),
     }
-    out = write_result(NAME, result, args.out_dir)
-    for m in MODELS:
+    out = write_result(args.name, result, args.out_dir)
+    for m in names:
         s = summary[m]
         print(f"{m:10s} AUC {s['auc']['mean']:.3f} ± {s['auc']['std']:.3f}   pAUC {s['pauc']['mean']:.3f} ± "
               f"{s['pauc']['std']:.3f}")
