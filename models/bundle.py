@@ -87,7 +87,7 @@ class Bundle:
 
     @property
     def granularity(self) -> str:
-        return "vector" if self.chain.vector_level else "window"
+        return self.chain.granularity
 
     @property
     def needs_id(self) -> bool:
@@ -109,6 +109,13 @@ class Bundle:
             return
         if self.needs_id and self.ids and machine_id not in self.ids:
             raise BundleError(f"{self.path}: machine id {machine_id!r} was not trained; known: {', '.join(self.ids)}")
+
+    def check_stream(self, machine_id: str | None) -> None:
+        """BundleError when this bundle cannot score a live audio stream of `machine_id` (the monitor's check)."""
+        if self.feature.input_kind != "audio":
+            raise BundleError(f"{self.path}: scores pre-computed {self.feature.kind}, not audio "
+                              "(score its files with `asd-offline score`)")
+        self.check_machine_id(machine_id)
 
     def stream_scorer(self, n_streams: int = 0, window: float | None = None, hop: float | None = None,
                       device: str | torch.device | None = None,
@@ -215,7 +222,7 @@ def save_bundle(
         "schema": BUNDLE_SCHEMA,
         "kind": detector.bundle_kind,
         "model": {"name": detector.name, "params": detector.get_params()},
-        "granularity": "vector" if Chain(list(stages), detector).vector_level else "window",
+        "granularity": Chain(list(stages), detector).granularity,
         "feature": feature_cfg.to_dict(),
         "stages": [{"name": st.name, "params": st.get_params()} for st in stages],
         "sample_rate": int(feature_cfg.sample_rate),

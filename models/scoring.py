@@ -18,7 +18,7 @@ How a window is scored depends on what the parts need, and is decided here once:
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -44,6 +44,11 @@ class Chain:
             n_vec += 1
         self.vector_stages, self.window_stages = self.stages[:n_vec], self.stages[n_vec:]
         self.vector_level = not self.window_stages and detector.granularity == "vector"
+
+    @property
+    def granularity(self) -> str:
+        """`vector` when every vector can be scored once and windows averaged, else `window`."""
+        return "vector" if self.vector_level else "window"
 
     def transform_vectors(self, X: torch.Tensor) -> torch.Tensor:
         """The leading vector stages on a block of vectors `[N, dim]`."""
@@ -180,6 +185,16 @@ class StreamScorer:
         st.n_vec += n_new
         return ends
 
+    def _slide(self, st: _StreamState, new: Any, cat: Callable[[list[Any]], Any]) -> list[tuple[int, Any]]:
+        """Append `new` items (scores, vectors or samples) to the stream's ring; return the end position and the
+        last W items of every window they complete, and keep the last W items as the ring."""
+        hist = new if st.ring is None else cat([st.ring, new])
+        first = st.n_vec - (len(hist) - len(new))  # items before hist[0]; read before `_ends` advances n_vec
+        windows = [(e, hist[e - first - self.window : e - first]) for e in self._ends(st, len(new))]
+        tail = hist[-self.window :]
+        st.ring = tail.copy() if isinstance(tail, np.ndarray) else tail  # not a view that keeps all of hist alive
+        return windows
+
     def _end_sample(self, vector_end: int) -> int:
         """The input sample count at which the window ending with vector `vector_end` (1-based) is complete."""
         return (vector_end - 1) * self.feature.hop_samples + self.feature.span_samples
@@ -195,29 +210,17 @@ class StreamScorer:
         scores = self.chain.score_vectors(torch.cat([new[i] for i in order]), ids).double().cpu().numpy()
         offset = 0
         for i in order:
-            st, k = self._states[i], new[i].shape[0]
-            fresh = scores[offset : offset + k]
-            offset += k
-            base = st.n_vec
-            hist = fresh if st.ring is None else np.concatenate([st.ring, fresh])
-            first = base - (hist.size - k)  # vector count at hist[0]
-            for e in self._ends(st, k):
-                w = hist[e - first - self.window : e - first]
+            k = new[i].shape[0]
+            for e, w in self._slide(self._states[i], scores[offset : offset + k], np.concatenate):
                 out[i].append((self._end_sample(e), float(w.mean())))
-            st.ring = hist[-self.window :]
+            offset += k
         return out
 
     def _matrix_windows(self, new: dict[int, torch.Tensor]) -> list[WindowScores]:
         ready: list[tuple[int, int, torch.Tensor]] = []
         for i in sorted(new):
-            st = self._states[i]
             v = self.chain.transform_vectors(new[i]) if self.chain.vector_stages else new[i]
-            k = v.shape[0]
-            hist = v if st.ring is None else torch.cat([st.ring, v])
-            first = st.n_vec - (hist.shape[0] - k)
-            for e in self._ends(st, k):
-                ready.append((i, self._end_sample(e), hist[e - first - self.window : e - first]))
-            st.ring = hist[-self.window :]
+            ready += [(i, self._end_sample(e), w) for e, w in self._slide(self._states[i], v, torch.cat)]
         return self._score_ready(ready, transformed=True)
 
     def _score_ready(self, ready: list[tuple[int, int, torch.Tensor]], transformed: bool) -> list[WindowScores]:
@@ -239,14 +242,8 @@ class StreamScorer:
             return [[] for _ in self._states]
         windows: list[tuple[int, int, np.ndarray]] = []
         for i, (st, chunk) in enumerate(zip(self._states, chunks)):
-            if chunk is None:
-                continue
-            x = as_mono_float32(chunk)
-            hist = x if st.ring is None else np.concatenate([st.ring, x])
-            first = st.n_vec - (hist.size - x.size)  # sample count at hist[0]
-            for e in self._ends(st, x.size):
-                windows.append((i, e, hist[e - first - self.window : e - first]))
-            st.ring = hist[-self.window :].copy()
+            if chunk is not None:
+                windows += [(i, e, w) for e, w in self._slide(st, as_mono_float32(chunk), np.concatenate)]
         if not windows:
             return [[] for _ in self._states]
         vectors = self.feature.compute([w for _, _, w in windows], self.stream.device)

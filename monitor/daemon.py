@@ -188,10 +188,7 @@ class Daemon:
             problem = f"cannot load bundle {path}: {exc}"
         else:
             try:
-                if bundle.feature.input_kind != "audio":
-                    raise BundleError(f"it scores pre-computed {bundle.feature.kind}, not audio "
-                                      "(score its files with `asd-offline score`)")
-                bundle.check_machine_id(machine_id)
+                bundle.check_stream(machine_id)
                 return bundle, None
             except BundleError as exc:
                 problem = f"bundle {path} cannot score source {name}: {exc}"

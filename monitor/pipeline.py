@@ -158,10 +158,7 @@ class Pipeline:
         id the source does not give, or it takes pre-computed vectors, not audio) is a ValueError."""
         if source.name in self._slots:
             raise ValueError(f"duplicate source name {source.name!r}")
-        if bundle.feature.input_kind != "audio":
-            raise ValueError(f"bundle {bundle.path} scores pre-computed {bundle.feature.kind}, not audio: "
-                             "score its files with `asd-offline score`")
-        bundle.check_machine_id(source.machine_id)
+        bundle.check_stream(source.machine_id)
         window_s = window_seconds or self.settings.window_seconds or bundle.window_seconds
         hop_s = hop_seconds or self.settings.hop_seconds or bundle.hop_seconds
         key = (id(bundle), window_s, hop_s)

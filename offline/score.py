@@ -64,8 +64,6 @@ def score_vector_files(bundle: "Bundle", paths: Sequence[Path], machine_id: str 
             if vf.dim != bundle.feature.dim:
                 raise ValueError(f"{path}: rows have {vf.dim} values, the bundle takes {bundle.feature.dim}")
             ids = [machine_id] * len(vf) if machine_id is not None else vf.ids
-            for mid in set(ids or [None]):
-                bundle.check_machine_id(mid)
             scores = bundle.score_wavs([vf.X[i : i + 1] for i in range(len(vf))], ids=ids)
         except ValueError as exc:  # FeatureInputError and BundleError are ValueErrors
             message = str(exc)

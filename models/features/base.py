@@ -21,7 +21,7 @@ from __future__ import annotations
 import dataclasses
 from abc import ABC, abstractmethod
 from functools import lru_cache
-from typing import Any, ClassVar, Literal, Sequence, TypeVar
+from typing import Any, Callable, ClassVar, Literal, Sequence, TypeVar
 
 import numpy as np
 import torch
@@ -88,6 +88,13 @@ class FeatureConfig(ABC):
     def __post_init__(self) -> None:
         if self.sample_rate <= 0:
             raise ValueError(f"sample_rate must be positive, got {self.sample_rate}")
+
+    def _check_positive(self, *names: str) -> None:
+        """ValueError naming the first of these settings that is not a positive integer (bools refused)."""
+        for name in names:
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+                raise ValueError(f"{self.kind}: {name} must be a positive integer, got {value!r}")
 
     # -- the protocol -----------------------------------------------------------------------------------------------
 
@@ -274,10 +281,6 @@ class FramedFeature(FeatureConfig):
     def computer(self, device: torch.device) -> "FrameComputer":
         return _computer(self, str(device))
 
-    def _check_framing(self) -> None:
-        if self.frame_length <= 0 or self.frame_hop <= 0 or self.context <= 0:
-            raise ValueError(f"frame length, hop and context must be positive: {self}")
-
     @property
     def dim(self) -> int:
         return self.frame_dim * self.context
@@ -312,12 +315,6 @@ class StftFeature(FramedFeature):
     def __post_init__(self) -> None:
         super().__post_init__()
         self._check_positive("n_fft", "hop_length", "context")
-
-    def _check_positive(self, *names: str) -> None:
-        for name in names:
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-                raise ValueError(f"{self.kind}: {name} must be a positive integer, got {value!r}")
 
     def _check_band(self, fmin: float, fmax: float | None, allow_equal: bool = False) -> None:
         """0 <= fmin < fmax <= Nyquist (fmax None: Nyquist); `allow_equal` admits a one-bin band."""
@@ -384,6 +381,14 @@ class FrameComputer(ABC):
     def __call__(self, frames: torch.Tensor) -> torch.Tensor:
         """[rows, frame_length] windowed frames (rows a multiple of 16) -> [rows, frame_dim]. `frames` may be
         consumed (its memory reused)."""
+
+    @staticmethod
+    def in_blocks(frames: torch.Tensor, rows: int, fn: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
+        """`fn` on consecutive blocks of `rows` frames (a multiple of 16), concatenated: one block's intermediates
+        stay in cache, and every block keeps a whole number of row blocks."""
+        if frames.shape[0] <= rows:
+            return fn(frames)
+        return torch.cat([fn(part) for part in torch.split(frames, rows)])
 
     def compute(self, signals: Sequence[torch.Tensor]) -> torch.Tensor:
         """Frame vectors [sum of frames, frame_dim] of the complete frames of 1-D float32 CPU signals, in order;

@@ -44,10 +44,7 @@ class ClipStatsConfig(WindowFeature):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        for name in ("n_fft", "win_length", "hop_length", "n_mels", "hist_bins"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-                raise ValueError(f"clipstats: {name} must be a positive integer, got {value!r}")
+        self._check_positive("n_fft", "win_length", "hop_length", "n_mels", "hist_bins")
         if self.win_length > self.n_fft:
             raise ValueError(f"clipstats: win_length {self.win_length} exceeds n_fft {self.n_fft}")
         if not self.log_offset > 0:
@@ -88,8 +85,8 @@ class ClipMelComputer(MelComputer):
         """[len(signals), n_mels]: per signal, the time mean of the DCT of log(mel + offset)."""
         tensors = [torch.from_numpy(np.ascontiguousarray(s, dtype=np.float32)) for s in signals]
         frames, n = self.frames(tensors)
-        blocks = torch.split(frames, self.FRAMES_PER_BLOCK) if frames.shape[0] > self.FRAMES_PER_BLOCK else [frames]
-        logmel = torch.cat([self.mel(b).add_(self.clip_cfg.log_offset).log_() for b in blocks])
+        offset = self.clip_cfg.log_offset
+        logmel = self.in_blocks(frames, self.FRAMES_PER_BLOCK, lambda block: self.mel(block).add_(offset).log_())
         coeffs = torch.mm(logmel, self.dct)[:n]
         counts = [self.cfg.n_frames(t.shape[0]) for t in tensors]
         return torch.stack([part.double().mean(dim=0).float() for part in torch.split(coeffs, counts)])

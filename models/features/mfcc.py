@@ -86,9 +86,7 @@ class MfccComputer(MelComputer):
 
     def __call__(self, frames: torch.Tensor) -> torch.Tensor:
         """[rows, n_fft] windowed frames (consumed) -> [rows, n_mfcc]."""
-        if frames.shape[0] <= self.FRAMES_PER_BLOCK:
-            return self._mfcc(frames)
-        return torch.cat([self._mfcc(part) for part in torch.split(frames, self.FRAMES_PER_BLOCK)])
+        return self.in_blocks(frames, self.FRAMES_PER_BLOCK, self._mfcc)
 
     def _mfcc(self, frames: torch.Tensor) -> torch.Tensor:
         return torch.mm(self.db_(self.mel(frames)), self.dct)

@@ -90,9 +90,7 @@ class SpectrumComputer(FrameComputer):
 
     def __call__(self, frames: torch.Tensor) -> torch.Tensor:
         """[rows, n_fft] windowed frames (consumed) -> [rows, n_bins] dB."""
-        if frames.shape[0] <= self.FRAMES_PER_BLOCK:
-            return self._db(frames)
-        return torch.cat([self._db(part) for part in torch.split(frames, self.FRAMES_PER_BLOCK)])
+        return self.in_blocks(frames, self.FRAMES_PER_BLOCK, self._db)
 
     def _db(self, frames: torch.Tensor) -> torch.Tensor:
         spec = torch.fft.rfft(frames, dim=-1)[:, self.lo : self.hi]

@@ -36,8 +36,7 @@ class VectorsConfig(FeatureConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if not isinstance(self.dim, int) or self.dim <= 0:
-            raise ValueError(f"vectors: dim must be a positive integer, got {self.dim!r}")
+        self._check_positive("dim")
 
     @property
     def hop_samples(self) -> int:

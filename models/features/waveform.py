@@ -29,10 +29,7 @@ class WaveformConfig(FramedFeature):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        for name in ("frame_length", "hop_length", "context"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or value <= 0:
-                raise ValueError(f"waveform: {name} must be a positive integer, got {value!r}")
+        self._check_positive("frame_length", "hop_length", "context")
 
     @property
     def frame_hop(self) -> int:

@@ -25,6 +25,7 @@ import torch
 from models.bundle import DEFAULT_HOP_SECONDS, DEFAULT_WINDOW_SECONDS, save_bundle
 from models.detectors import Detector, get_detector
 from models.features import FeatureConfig, feature_from_dict
+from models.scoring import Chain
 from models.stages import Stage, get_stage
 from models.threshold import MIN_GAMMA_SCORES, fit_threshold, parse_threshold_spec
 from models.training.loop import make_progress
@@ -182,10 +183,14 @@ def select_training_clips(clips: Sequence[ClipLike], machine: str, ids: Sequence
     return chosen
 
 
-def holdout_indices(n: int, holdout: float, seed: int, gamma: bool) -> list[int]:
-    """Seeded choice of the items whose scores set the threshold (at least one when holdout > 0).
+def split_holdout(
+    clips: Sequence[Any], holdout: float, seed: int, gamma: bool
+) -> tuple[list[Any], list[Any]]:
+    """Seeded split, in the original order, into items to fit and items whose scores set the threshold (at least
+    one when holdout > 0).
 
     A gamma threshold needs `MIN_GAMMA_SCORES` scores: too few is an error here, before any audio is read."""
+    n = len(clips)
     n_hold = max(1, round(holdout * n)) if holdout > 0 else 0
     if n - n_hold < 1:
         raise ValueError(f"{n} training clip(s): too few to hold out {holdout:.0%} and still train")
@@ -194,14 +199,7 @@ def holdout_indices(n: int, holdout: float, seed: int, gamma: bool) -> list[int]
             f"a gamma threshold needs at least {MIN_GAMMA_SCORES} held-out clips, got {n_hold or n} "
             f"({n} training clips, holdout {holdout}); raise --holdout or use --threshold percentile:P / fixed:V"
         )
-    return sorted(np.random.default_rng(seed).permutation(n)[:n_hold].tolist())
-
-
-def split_holdout(
-    clips: Sequence[Any], holdout: float, seed: int, gamma: bool
-) -> tuple[list[Any], list[Any]]:
-    """Items to fit and items whose scores set the threshold (`holdout_indices`), in their original order."""
-    hold = set(holdout_indices(len(clips), holdout, seed, gamma))
+    hold = set(np.random.default_rng(seed).permutation(n)[:n_hold].tolist())
     return [c for i, c in enumerate(clips) if i not in hold], [c for i, c in enumerate(clips) if i in hold]
 
 
@@ -262,8 +260,6 @@ def fit_bundle(
     Per-id thresholds are set for every id with enough held-out clips when `spec.per_id_thresholds` (an id
     without gets the global one): machine ids of one type often score on different scales.
     """
-    from models.scoring import Chain
-
     fit = list(fit)
     holdout = list(holdout)
     ids_fit = None if fit_ids is None else [str(i) for i in fit_ids]
