@@ -26,7 +26,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 
-from benchmarks.common import RESULTS, write_result
+from benchmarks.common import RESULTS, model_config, write_result
 
 DEFAULT_REAL = ROOT.parent / "shared" / "data" / "real"
 NAME = "realdata_fan_id00"
@@ -61,20 +61,19 @@ def fan_id00_manifest(real_dir: Path, out_csv: Path, seed: int, n_train: int) ->
     return out_csv
 
 
-def train_config(model: str, epochs: int, seed: int, threshold: str = "gamma") -> dict[str, Any]:
-    """The model's shipped config (configs/<model>.yaml), with `epochs` for iterative models and 30 % of the
-    training normals held out to set the threshold (the gamma fit needs at least 3 held-out clips, with distinct
-    scores: a forest on 7 clips can score 3 held-out clips alike, so `threshold` can name a percentile instead)."""
-    import yaml
-
+def train_config(entry: str, epochs: int, seed: int, threshold: str = "gamma") -> tuple[str, dict[str, Any]]:
+    """(label, config): the entry's config (`benchmarks.common.model_config`: the shipped one or a cleaning
+    variant), with `epochs` for iterative models and 30 % of the training normals held out to set the threshold
+    (the gamma fit needs at least 3 held-out clips, with distinct scores: a forest on 7 clips can score 3 held-out
+    clips alike, so `threshold` can name a percentile instead)."""
     from models.detectors import get_detector
 
-    path = ROOT / "configs" / f"{model}.yaml"
-    config = yaml.safe_load(path.read_text()) if path.exists() else {"model": model}
+    label, config = model_config(entry)
+    model = config.get("model", entry)
     params = {**config.get("params", {})}
     if get_detector(model).iterative():
         params.update(epochs=epochs, device="cpu", progress=False)
-    return {**config, "params": params, "holdout": 0.3, "seed": seed, "threshold": threshold}
+    return label, {**config, "model": model, "params": params, "holdout": 0.3, "seed": seed, "threshold": threshold}
 
 
 def run_split(real_dir: Path, work: Path, seed: int, n_train: int, epochs: int,
@@ -87,18 +86,22 @@ def run_split(real_dir: Path, work: Path, seed: int, n_train: int, epochs: int,
     manifest = fan_id00_manifest(real_dir, work / f"manifest_seed{seed}.csv", seed, n_train)
     out: dict[str, Any] = {"seed": seed, "train_seconds": {}}
     bundles = []
-    for model in models:
+    labels = []
+    for entry in models:
         t0 = time.perf_counter()
-        bundles.append(train_bundle(load_clips(manifest), model, MACHINE, work / f"bundle_{model}_seed{seed}",
-                                    train_config(model, epochs, seed, threshold)))
-        out["train_seconds"][model] = round(time.perf_counter() - t0, 2)
+        label, config = train_config(entry, epochs, seed, threshold)
+        path = train_bundle(load_clips(manifest), config["model"], MACHINE, work / f"bundle_{label}_seed{seed}",
+                            config)
+        bundles.append((label, path))
+        labels.append(label)
+        out["train_seconds"][label] = round(time.perf_counter() - t0, 2)
     t0 = time.perf_counter()
     results = evaluate(manifest, bundles, work / f"report_seed{seed}", device="cpu", chance_seed=seed, plots=False)
     out["evaluate_seconds"] = round(time.perf_counter() - t0, 2)
-    for name in (*models, *REFERENCES):
+    for name in (*labels, *REFERENCES):
         entry = results["models"][name]["machines"][MACHINE]["ids"][ID]
         out[name] = {"auc": entry["auc"], "pauc": entry["pauc"]}
-    for model in models:
+    for model in labels:
         fan = results["models"][model]["machines"][MACHINE]
         out[model]["threshold"] = fan["threshold"]
         out[model]["confusion"] = {k: fan["confusion"][k] for k in ("tn", "fp", "fn", "tp")}
@@ -118,7 +121,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seeds", type=int, default=10, help="number of seeded splits (seeds 0..N-1)")
     parser.add_argument("--n-train", type=int, default=10, help="normal clips used for training per split")
     parser.add_argument("--epochs", type=int, default=100, help="epochs of iterative models (the AE baseline: 100)")
-    parser.add_argument("--models", default="dcase_ae", help="comma-separated models, evaluated side by side")
+    parser.add_argument("--models", default="dcase_ae",
+                        help="comma-separated models, evaluated side by side (MODEL:ae_clean / :ddae / :none: "
+                             "its cleaning autoencoder swapped or dropped)")
     parser.add_argument("--threshold", default="gamma", help="threshold spec of every model (default gamma)")
     parser.add_argument("--name", default=NAME, help=f"result name (default {NAME})")
     parser.add_argument("--out-dir", type=Path, default=RESULTS, help="where the JSON goes")
@@ -129,7 +134,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
     models = tuple(args.models.split(","))
-    names = (*models, *REFERENCES)
+    configs = dict(train_config(m, args.epochs, 0, args.threshold) for m in models)
+    names = (*configs, *REFERENCES)
     t0 = time.perf_counter()
     runs = []
     with tempfile.TemporaryDirectory(prefix="bench_realdata_") as tmp:
@@ -144,7 +150,7 @@ def main(argv: list[str] | None = None) -> int:
             "split": f"per seed: {args.n_train} normals train (30 % of them held out for the threshold), "
                      "the other normals and all anomalies test",
         },
-        "models": {m: train_config(m, args.epochs, 0, args.threshold) for m in models},
+        "models": configs,
         "references": {"chance": "seeded uniform random scores (seed = split seed)",
                        "rms_level": "clip RMS level in dBFS, louder = more anomalous"},
         "seeds": list(range(args.seeds)),

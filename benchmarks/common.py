@@ -12,6 +12,35 @@ from pathlib import Path
 from typing import Any
 
 RESULTS = Path(__file__).resolve().parent / "results"
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+CLEANING_STAGES = ("ddae", "ae_clean")  # the feature-cleaning autoencoder stages a variant can swap or drop
+
+
+def model_config(entry: str) -> tuple[str, dict[str, Any]]:
+    """(row label, training config) for a benchmark's model entry.
+
+    `MODEL` is the shipped `configs/MODEL.yaml` (the model's defaults when there is none). `MODEL:ae_clean` /
+    `MODEL:ddae` swap the config's feature-cleaning autoencoder stage for that one (its network settings kept), and
+    `MODEL:none` drops it: the study's "with and without" comparison without a config file per variant.
+    """
+    import yaml
+
+    model, _, cleaning = entry.partition(":")
+    path = CONFIGS / f"{model}.yaml"
+    config = yaml.safe_load(path.read_text()) if path.exists() else {"model": model}
+    if not cleaning:
+        return model, config
+    stages = [s if isinstance(s, dict) else {"name": s} for s in config.get("stages") or []]
+    at = [i for i, s in enumerate(stages) if s["name"] in CLEANING_STAGES]
+    if not at or cleaning not in (*CLEANING_STAGES, "none"):
+        raise SystemExit(f"{entry}: expected MODEL:{{{','.join(CLEANING_STAGES)},none}} for a model whose config has "
+                         f"a cleaning stage ({path} has {[s['name'] for s in stages]})")
+    if cleaning == "none":
+        del stages[at[0]]
+        return f"{model}-noae", {**config, "stages": stages}
+    params = {k: v for k, v in stages[at[0]].get("params", {}).items() if k != "noise_factor"}
+    stages[at[0]] = {"name": cleaning, "params": params}  # each stage's own noise default (0 for ae_clean)
+    return f"{model}+{cleaning}", {**config, "stages": stages}
 
 
 def machine_info() -> dict[str, Any]:

@@ -7,6 +7,7 @@ mean, and train and evaluate wall times. Thresholds and model choices never see 
 trained with its shipped config, and each threshold comes from held-out normal training clips.
 
     python -m benchmarks.eval_synth --models iforest,ocsvm,lof --snr 0      # -> results/eval_synth_0dB.json
+    python -m benchmarks.eval_synth --models iforest,iforest:ae_clean,iforest:none   # with and without cleaning
 """
 
 from __future__ import annotations
@@ -20,9 +21,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from benchmarks.common import write_result
+import yaml
 
-ROOT = Path(__file__).resolve().parents[1]
+from benchmarks.common import model_config, write_result
+
 ALL_MACHINES = "fan,pump,slider,valve,ToyCar,ToyConveyor"
 
 
@@ -37,31 +39,31 @@ def _cli(argv: list[str]) -> None:
 def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     data = work / "data"
     machines = args.machines.split(",")
-    models = args.models.split(",")
+    models = [model_config(entry) for entry in args.models.split(",")]
     t0 = time.perf_counter()
     _cli(["synth", str(data), "--machines", args.machines, "--ids", str(args.ids), "--train-clips",
           str(args.train_clips), "--test-clips", str(args.test_clips), "--snr", str(args.snr), "--seed",
           str(args.seed)])
     timing: dict[str, Any] = {"synth_seconds": round(time.perf_counter() - t0, 1), "train_seconds": {}}
     bundles = []
-    for model in models:
+    for label, config in models:
         t1 = time.perf_counter()
+        config_path = work / "configs" / f"{label}.yaml"
+        config_path.parent.mkdir(parents=True, exist_ok=True)
+        config_path.write_text(yaml.safe_dump(config, sort_keys=False))
         for machine in machines:
-            out = work / "bundles" / f"{model}-{machine}"
-            argv = ["train", "--data", str(data), "--model", model, "--machine", machine, "--out", str(out),
-                    "--no-progress", "--seed", str(args.seed)]
-            config = ROOT / "configs" / f"{model}.yaml"
-            if config.exists():
-                argv += ["--config", str(config)]
+            out = work / "bundles" / f"{label}-{machine}"
+            argv = ["train", "--data", str(data), "--model", config["model"], "--machine", machine, "--out",
+                    str(out), "--no-progress", "--seed", str(args.seed), "--config", str(config_path)]
             if args.epochs is not None:
                 argv += ["--epochs", str(args.epochs)]
             _cli(argv)
-            bundles.append(out)
-        timing["train_seconds"][model] = round(time.perf_counter() - t1, 1)
+            bundles.append(f"{label}={out}")
+        timing["train_seconds"][label] = round(time.perf_counter() - t1, 1)
     t2 = time.perf_counter()
     report = work / "report"
     _cli(["evaluate", "--data", str(data), "--out", str(report), "--no-plots", "--device", "cpu",
-          *[a for b in bundles for a in ("--bundle", str(b))]])
+          *[a for b in bundles for a in ("--bundle", b)]])
     timing["evaluate_seconds"] = round(time.perf_counter() - t2, 1)
     results = json.loads((report / "results.json").read_text())
     table = {
@@ -71,12 +73,14 @@ def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     }
     return {"data": {"machines": machines, "ids": args.ids, "train_clips": args.train_clips,
                      "test_clips": args.test_clips, "snr_db": args.snr, "seed": args.seed, "clip_seconds": 10},
-            "models": models, "epochs_override": args.epochs, "results": table, "timing": timing}
+            "models": {label: config for label, config in models}, "epochs_override": args.epochs, "results": table, "timing": timing}
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--models", required=True, help="comma-separated registered model names")
+    p.add_argument("--models", required=True,
+                   help="comma-separated MODEL (its shipped config) or MODEL:ae_clean / MODEL:ddae / MODEL:none "
+                        "(its cleaning autoencoder swapped or dropped)")
     p.add_argument("--machines", default=ALL_MACHINES)
     p.add_argument("--ids", type=int, default=3)
     p.add_argument("--train-clips", type=int, default=30)

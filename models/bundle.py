@@ -38,7 +38,7 @@ from models.detectors import REGISTRY, Detector
 from models.device import select_device
 from models.features import FeatureConfig, feature_from_dict
 from models.features.base import CLIP_GROUP
-from models.scoring import Chain, StreamScorer
+from models.scoring import Chain, EnsembleScorer, MemberGroup, StreamScorer
 from models.stages import STAGES, Stage
 
 log = logging.getLogger(__name__)
@@ -101,7 +101,9 @@ class Bundle:
         return self.threshold
 
     def check_machine_id(self, machine_id: str | None) -> None:
-        """BundleError when this bundle cannot score a stream of `machine_id` (None: not said)."""
+        """BundleError when this bundle (or a member of it) cannot score a stream of `machine_id` (None: not said)."""
+        for b in self.members.values():
+            b.check_machine_id(machine_id)
         if machine_id is None:
             if self.needs_id:
                 raise BundleError(f"{self.path}: {self.name} scores per machine id; give the source a machine_id "
@@ -110,22 +112,48 @@ class Bundle:
         if self.needs_id and self.ids and machine_id not in self.ids:
             raise BundleError(f"{self.path}: machine id {machine_id!r} was not trained; known: {', '.join(self.ids)}")
 
+    @property
+    def input_kind(self) -> str:
+        """What the bundle scores: `audio`, or `vectors` (rows of pre-computed numbers). An ensemble scores audio
+        through its members; its own feature is the vector of member scores."""
+        return "audio" if self.members else self.feature.input_kind
+
+    def ordered_members(self) -> list["Bundle"]:
+        """An ensemble's member bundles in the order of its score vector."""
+        return [self.members[m["name"]] for m in self.detector.get_params()["members"]]
+
+    def check_lengths(self, wavs: Sequence[Any]) -> None:
+        """ValueError for an input too short for one vector (of every member's feature, for an ensemble)."""
+        for feature in [b.feature for b in self.ordered_members()] if self.members else [self.feature]:
+            feature.check_lengths(wavs)
+
     def check_stream(self, machine_id: str | None) -> None:
         """BundleError when this bundle cannot score a live audio stream of `machine_id` (the monitor's check)."""
-        if self.feature.input_kind != "audio":
+        if self.input_kind != "audio":
             raise BundleError(f"{self.path}: scores pre-computed {self.feature.kind}, not audio "
                               "(score its files with `asd-offline score`)")
         self.check_machine_id(machine_id)
 
     def stream_scorer(self, n_streams: int = 0, window: float | None = None, hop: float | None = None,
                       device: str | torch.device | None = None,
-                      machine_ids: Sequence[str | None] | None = None) -> StreamScorer:
+                      machine_ids: Sequence[str | None] | None = None) -> StreamScorer | EnsembleScorer:
         """Window scores of `n_streams` streams fed chunk by chunk (seconds; `window=None`: each stream is one
         clip, scored at `flush()`). See `models.scoring.StreamScorer`."""
+        dev = self.device if device is None else device
         for mid in machine_ids if machine_ids is not None else [None] * n_streams:
             self.check_machine_id(mid)
-        return StreamScorer(self.feature, self.chain, n_streams, window, hop,
-                            self.device if device is None else device, machine_ids)
+        if self.members:
+            return EnsembleScorer(self.detector, self._member_groups(), n_streams, window, hop, dev, machine_ids,
+                                  check_id=self.check_machine_id)
+        return StreamScorer(self.feature, self.chain, n_streams, window, hop, dev, machine_ids)
+
+    def _member_groups(self) -> list[tuple[FeatureConfig, MemberGroup]]:
+        """Members grouped by identical feature configs (each group's feature is computed once)."""
+        groups: dict[str, tuple[FeatureConfig, list[int]]] = {}
+        members = self.ordered_members()
+        for pos, b in enumerate(members):
+            groups.setdefault(json.dumps(b.feature.to_dict(), sort_keys=True), (b.feature, []))[1].append(pos)
+        return [(f, MemberGroup(self.detector, [members[p].chain for p in pos], pos)) for f, pos in groups.values()]
 
     def score_features(self, features: Sequence[torch.Tensor], ids: Sequence[str] | None = None) -> np.ndarray:
         """Clip scores from per-clip feature matrices `[n_i, dim]` computed with `self.feature`."""
@@ -134,7 +162,7 @@ class Bundle:
     def score_wavs(self, wavs: Sequence[np.ndarray], ids: Sequence[str | None] | None = None) -> np.ndarray:
         """Clip scores of whole inputs (mono float32 clips at `self.sample_rate`, or `[n, dim]` rows for a vectors
         bundle): the stream scorer fed each clip as one window. A clip too short for one vector is an error."""
-        self.feature.check_lengths(wavs)
+        self.check_lengths(wavs)
         out: list[float] = []
         for start in range(0, len(wavs), CLIP_GROUP):
             part = list(wavs[start : start + CLIP_GROUP])
@@ -215,6 +243,11 @@ def save_bundle(
     for name in member_names:
         if not _MEMBER_NAME.match(name):
             raise BundleError(f"member name {name!r} must be a plain name (letters, digits, _ . -)")
+    # only complete, valid bundles become members; an ensemble hears audio at its members' common rate
+    member_rates = {int(load_bundle(src, device="cpu").sample_rate) for src in (members or {}).values()}
+    if len(member_rates) > 1:
+        raise BundleError(f"member bundles run at different sample rates {sorted(member_rates)}; an ensemble needs one")
+    sample_rate = member_rates.pop() if member_rates else int(feature_cfg.sample_rate)
     buf = io.BytesIO()
     torch.save(state, buf)
     weights = buf.getvalue()
@@ -225,7 +258,7 @@ def save_bundle(
         "granularity": Chain(list(stages), detector).granularity,
         "feature": feature_cfg.to_dict(),
         "stages": [{"name": st.name, "params": st.get_params()} for st in stages],
-        "sample_rate": int(feature_cfg.sample_rate),
+        "sample_rate": sample_rate,
         "window_seconds": float(window_seconds),
         "hop_seconds": float(hop_seconds),
         "threshold": {"value": float(threshold), "method": threshold_info.get("method", "unknown"),
@@ -249,7 +282,6 @@ def save_bundle(
         dest = out / MEMBERS_DIR
         shutil.rmtree(dest, ignore_errors=True)
         for name, src in (members or {}).items():
-            load_bundle(src, device="cpu")  # only complete, valid bundles become members
             shutil.copytree(src, dest / name)
     _write_atomic(out / WEIGHTS_FILE, weights)
     _write_atomic(out / BUNDLE_JSON, (text + "\n").encode())
@@ -321,7 +353,8 @@ def load_bundle(path: str | Path, device: str | torch.device = "auto") -> Bundle
     except (TypeError, ValueError) as exc:
         raise BundleError(f"{json_path}: bad feature config: {exc}") from exc
     sample_rate = _field(meta, "sample_rate", int, json_path)
-    if sample_rate != feature.sample_rate:
+    member_names = _field(meta, "members", list, json_path)
+    if sample_rate != feature.sample_rate and not member_names:
         raise BundleError(f"{json_path}: sample_rate {sample_rate} differs from the feature's {feature.sample_rate}")
     threshold = float(_field(meta, "threshold.value", (int, float), json_path))
     per_id_raw = _field(meta, "threshold.per_id", dict, json_path)
@@ -335,7 +368,6 @@ def load_bundle(path: str | Path, device: str | torch.device = "auto") -> Bundle
         raise BundleError(f"{json_path}: thresholds must be finite and window/hop positive")
     stage_specs = _field(meta, "stages", list, json_path)
     learned = _field(meta, "learned", dict, json_path)
-    member_names = _field(meta, "members", list, json_path)
     sha = _field(meta, "weights_sha256", str, json_path)
 
     state = _read_weights(root / WEIGHTS_FILE, sha)
@@ -367,6 +399,14 @@ def load_bundle(path: str | Path, device: str | torch.device = "auto") -> Bundle
             members[m] = load_bundle(root / MEMBERS_DIR / m, device=dev)
         except BundleError as exc:
             raise BundleError(f"{root}: member {m!r}: {exc}") from exc
+        if members[m].sample_rate != sample_rate:
+            raise BundleError(f"{json_path}: member {m!r} runs at {members[m].sample_rate} Hz, the ensemble at "
+                              f"{sample_rate}")
+    if getattr(detector, "combines_members", False):
+        wanted = [str(e.get("name")) if isinstance(e, dict) else str(e) for e in detector.get_params()["members"]]
+        if sorted(wanted) != sorted(members):
+            raise BundleError(f"{json_path}: the ensemble combines members {wanted}, the bundle holds "
+                              f"{sorted(members)}")
     machine = meta.get("machine") if isinstance(meta.get("machine"), dict) else {}
     return Bundle(
         path=root,

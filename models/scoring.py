@@ -249,3 +249,91 @@ class StreamScorer:
         vectors = self.feature.compute([w for _, _, w in windows], self.stream.device)
         return self._score_ready([(i, e, vectors[k : k + 1]) for k, (i, e, _) in enumerate(windows)],
                                  transformed=False)
+
+
+# -- ensembles ------------------------------------------------------------------------------------------------------
+
+
+class MemberGroup:
+    """The members of an ensemble that share one feature config, seen by a `StreamScorer` as one window-level chain:
+    the feature is computed once for all of them, and each window's score is the ensemble's partial combination of
+    their normalised scores (`ScoreEnsemble.partial`)."""
+
+    vector_level = False
+    vector_stages: list["Stage"] = []
+    window_stages: list["Stage"] = []
+
+    def __init__(self, ensemble: Detector, chains: Sequence[Chain], positions: Sequence[int]) -> None:
+        self.detector = ensemble  # what StreamScorer checks machine ids against (members are checked by the bundle)
+        self.chains, self.positions = list(chains), list(positions)
+
+    @property
+    def granularity(self) -> str:
+        return "window"
+
+    def transform_vectors(self, X: torch.Tensor) -> torch.Tensor:
+        return X
+
+    def score_windows(self, windows: Sequence[torch.Tensor], ids: Sequence[str] | None = None,
+                      transformed: bool = False) -> np.ndarray:
+        raw = torch.stack([torch.from_numpy(np.asarray(c.score_windows(windows, ids), dtype=np.float64))
+                           for c in self.chains], dim=1)
+        return self.detector.partial(raw, self.positions).cpu().numpy()
+
+
+class EnsembleScorer:
+    """An ensemble's window scores: one `StreamScorer` per group of members with identical feature configs, all fed
+    the same chunks; each window's score merges the groups' partial combinations (`ScoreEnsemble.merge`).
+
+    With one group (the usual case for members sharing a front end) every window is exactly the ensemble of the
+    members' scores of that window. Groups on different feature hops emit windows on slightly different cadences:
+    a window is emitted when every group has one ready, pairing each group's oldest ready window, ending at the
+    latest of their ends; a group that runs ahead keeps only its newest unpaired window, so nothing accumulates.
+    """
+
+    def __init__(self, ensemble: Detector, groups: Sequence[tuple[FeatureConfig, MemberGroup]], n_streams: int = 0,
+                 window: float | None = None, hop: float | None = None, device: str | torch.device | None = "cpu",
+                 machine_ids: Sequence[str | None] | None = None, check_id: Callable[[str | None], None] | None = None
+                 ) -> None:
+        self.ensemble = ensemble
+        self.scorers = [StreamScorer(f, g, 0, window, hop, device) for f, g in groups]
+        self._check_id = check_id
+        self._pending: list[list[list[tuple[int, float]]]] = []
+        for mid in machine_ids or [None] * n_streams:
+            self.add_stream(mid)
+
+    def __len__(self) -> int:
+        return len(self._pending)
+
+    def add_stream(self, machine_id: str | None = None) -> int:
+        if self._check_id is not None:
+            self._check_id(machine_id)
+        for s in self.scorers:
+            s.add_stream(machine_id)
+        self._pending.append([[] for _ in self.scorers])
+        return len(self._pending) - 1
+
+    def reset(self, index: int) -> None:
+        for s in self.scorers:
+            s.reset(index)
+        self._pending[index] = [[] for _ in self.scorers]
+
+    def accept(self, chunks: Sequence[np.ndarray | torch.Tensor | None]) -> list[WindowScores]:
+        return self._merge([s.accept(chunks) for s in self.scorers])
+
+    def flush(self) -> list[WindowScores]:
+        out = self._merge([s.flush() for s in self.scorers])
+        self._pending = [[[] for _ in self.scorers] for _ in self._pending]
+        return out
+
+    def _merge(self, per_group: list[list[WindowScores]]) -> list[WindowScores]:
+        out: list[WindowScores] = [[] for _ in self._pending]
+        for i, pending in enumerate(self._pending):
+            for queue, got in zip(pending, per_group):
+                queue.extend(got[i])
+            while all(pending):
+                ready = [q.pop(0) for q in pending]
+                out[i].append((max(e for e, _ in ready), self.ensemble.merge([p for _, p in ready])))
+            for q in pending:
+                del q[:-1]
+        return out

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import re
 import zlib
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -35,6 +36,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 
+from models.threshold import STUDY_PERCENTILE
 from offline.datasets.records import Clip
 from offline.metrics import Confusion, arithmetic_mean, auc_pauc, confusion_at, harmonic_mean
 from offline import report
@@ -57,6 +59,7 @@ class MachineScores:
     threshold: float | None = None
     bundle_path: Path | None = None
     per_id: dict[str, float] = field(default_factory=dict)  # the bundle's per-id thresholds
+    train_p95: float | None = None  # 95th percentile of the bundle's training scores (the MIMII study's rule)
 
     def thresholds(self) -> np.ndarray:
         """The decision threshold of each clip: its id's own, else the bundle's."""
@@ -68,8 +71,9 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", required=True, type=Path, metavar="ROOT_OR_MANIFEST",
                         help="dataset root (DCASE or MIMII layout) or manifest CSV")
     parser.add_argument(
-        "--bundle", dest="bundles", action="append", required=True, type=Path, metavar="DIR",
-        help="bundle directory; repeat to compare several side by side",
+        "--bundle", dest="bundles", action="append", required=True, type=bundle_arg, metavar="[LABEL=]DIR",
+        help="bundle directory; repeat to compare several side by side. LABEL names its row (default: the model "
+             "name), so variants of one model (e.g. with and without a cleaning stage) can stand side by side",
     )
     parser.add_argument("--out", required=True, type=Path, metavar="REPORT_DIR", help="report directory (created)")
     parser.add_argument("--split", default="test", choices=("train", "test"),
@@ -95,33 +99,50 @@ def run(args: argparse.Namespace) -> int:
 # --- scoring -------------------------------------------------------------------------------------------------------
 
 
-def _load_bundles(paths: Sequence[Path], device: str) -> list[tuple[Path, "Bundle"]]:
+_LABEL = re.compile(r"^([A-Za-z0-9][A-Za-z0-9_.+-]*)=(.+)$")
+
+
+def bundle_arg(text: str) -> tuple[str | None, Path]:
+    """`DIR` or `LABEL=DIR` (a plain label: letters, digits, `_ . + -`) -> (label or None, DIR)."""
+    m = _LABEL.match(text)
+    return (m.group(1), Path(m.group(2))) if m else (None, Path(text))
+
+
+def _load_bundles(entries: Sequence[tuple[str | None, Path] | Path | str], device: str
+                  ) -> list[tuple[str, Path, "Bundle"]]:
+    """(row label, path, bundle) for each `--bundle`; a label (default: the model name) names one bundle per
+    machine type."""
     from models.bundle import load_bundle
 
-    loaded = [(Path(p), load_bundle(p, device=device)) for p in paths]
+    loaded = []
+    for entry in entries:
+        label, path = entry if isinstance(entry, tuple) else bundle_arg(str(entry))
+        b = load_bundle(path, device=device)
+        loaded.append((label or b.name, Path(path), b))
     seen: dict[tuple[str, str], Path] = {}
-    for path, b in loaded:
-        if b.name in REFERENCE_MODELS:
-            raise ValueError(f"{path}: model name {b.name!r} is reserved for a reference row of the report")
-        key = (b.name, b.machine)
+    for label, path, b in loaded:
+        if label in REFERENCE_MODELS:
+            raise ValueError(f"{path}: name {label!r} is reserved for a reference row of the report; give the "
+                             "bundle a label (--bundle LABEL=DIR)")
+        key = (label, b.machine)
         if key in seen:
             raise ValueError(
-                f"{seen[key]} and {path} are both model {b.name!r} for machine type {b.machine!r}; "
-                "evaluate them in separate calls"
+                f"{seen[key]} and {path} are both {label!r} for machine type {b.machine!r}; label them apart "
+                "(--bundle LABEL=DIR) or evaluate them in separate calls"
             )
         seen[key] = path
     return loaded
 
 
 def _score_machine(
-    clips: list[Clip], bundles: list[tuple[Path, "Bundle"]], batch_size: int
+    clips: list[Clip], bundles: list[tuple[str, Path, "Bundle"]], batch_size: int
 ) -> tuple[list[np.ndarray], np.ndarray]:
     """Scores of every bundle and the RMS level, reading each clip once per distinct bundle sample rate and holding
     at most `batch_size` clips in memory."""
     from models.audio import level_dbfs, load_wav
 
     by_rate: dict[int, list[int]] = defaultdict(list)
-    for i, (_, b) in enumerate(bundles):
+    for i, (_, _, b) in enumerate(bundles):
         by_rate[int(b.sample_rate)].append(i)
     scores: list[list[np.ndarray]] = [[] for _ in bundles]
     levels: list[float] = []
@@ -132,7 +153,7 @@ def _score_machine(
             if k == 0:
                 levels += [max(level_dbfs(w), LEVEL_FLOOR_DB) for w in wavs]
             for i in idx:
-                path, bundle = bundles[i]
+                _, path, bundle = bundles[i]
                 try:
                     s = np.asarray(bundle.score_wavs(wavs, ids=[c.id for c in batch]), dtype=float)
                 except ValueError as exc:
@@ -178,26 +199,41 @@ def _hmeans(entries: Sequence[dict[str, Any]]) -> dict[str, float | None]:
     return {k: harmonic_mean(e[k] for e in entries) for k in ("auc", "pauc")}
 
 
-def _confusion(ms: MachineScores) -> Confusion | None:
-    """Counts at the bundle threshold over the labeled clips; None for references or when nothing is labeled."""
-    labeled = [i for i, c in enumerate(ms.clips) if c.label is not None]
-    if ms.threshold is None or not labeled:
+def _confusion(ms: MachineScores, idx: Sequence[int] | None = None, *, train_p95: bool = False
+               ) -> Confusion | None:
+    """Counts over the labeled clips (of `idx`, default all) at the bundle threshold, or at the 95th percentile of
+    its training scores; None for references, bundles without that percentile, or when nothing is labeled."""
+    pool = range(len(ms.clips)) if idx is None else idx
+    labeled = [i for i in pool if ms.clips[i].label is not None]
+    threshold = ms.train_p95 if train_p95 else ms.threshold
+    if ms.threshold is None or threshold is None or not labeled:
         return None
-    return confusion_at(_labels([ms.clips[i] for i in labeled]), ms.scores[labeled], ms.threshold,
-                        ms.thresholds()[labeled])
+    y = _labels([ms.clips[i] for i in labeled])
+    per_clip = None if train_p95 else ms.thresholds()[labeled]
+    return confusion_at(y, ms.scores[labeled], threshold, per_clip)
+
+
+def _snr_groups(ms: MachineScores) -> dict[str, list[int]]:
+    groups: dict[str, list[int]] = defaultdict(list)
+    for i, c in enumerate(ms.clips):
+        if c.snr is not None:
+            groups[c.snr].append(i)
+    return dict(sorted(groups.items()))
 
 
 def machine_metrics(ms: MachineScores) -> dict[str, Any]:
     """The results.json entry of one machine type: per id, means, per SNR when the clips say it, confusion counts."""
     ids = _per_id(ms.clips, ms.scores)
     out: dict[str, Any] = {**_means(list(ids.values())), "hmean": _hmeans(list(ids.values())), "ids": ids}
-    snrs = sorted({c.snr for c in ms.clips if c.snr is not None})
+    snrs = _snr_groups(ms)
     if snrs:
         out["snr"] = {}
-        for snr in snrs:
-            idx = [i for i, c in enumerate(ms.clips) if c.snr == snr]
+        for snr, idx in snrs.items():
             snr_ids = _per_id([ms.clips[i] for i in idx], ms.scores[idx])
             out["snr"][snr] = {**_means(list(snr_ids.values())), "ids": snr_ids}
+            p95 = _confusion(ms, idx, train_p95=True)
+            if p95 is not None:
+                out["snr"][snr]["confusion_train_p95"] = p95.to_dict()
     out["n_clips"] = len(ms.clips)
     if ms.threshold is not None:
         out["threshold"] = ms.threshold
@@ -206,6 +242,9 @@ def machine_metrics(ms: MachineScores) -> dict[str, Any]:
     conf = _confusion(ms)
     if conf is not None:
         out["confusion"] = conf.to_dict()
+    p95 = _confusion(ms, train_p95=True)
+    if p95 is not None:
+        out["confusion_train_p95"] = p95.to_dict()
     if ms.bundle_path is not None:
         out["bundle"] = str(ms.bundle_path)
     return out
@@ -223,7 +262,7 @@ def model_metrics(machines: dict[str, MachineScores], kind: str) -> dict[str, An
 
 def evaluate(
     data: Path,
-    bundle_paths: Sequence[Path],
+    bundle_paths: Sequence[tuple[str | None, Path] | Path | str],
     out: Path,
     *,
     split: str = "test",
@@ -232,7 +271,8 @@ def evaluate(
     chance_seed: int = 0,
     plots: bool = True,
 ) -> dict[str, Any]:
-    """Score, compute metrics, write every report file; returns the results.json content."""
+    """Score, compute metrics, write every report file; returns the results.json content. Each bundle is a path,
+    `LABEL=path`, or a (label or None, path) pair."""
     from offline.datasets.index import load_clips
 
     bundles = _load_bundles(bundle_paths, device)
@@ -242,21 +282,25 @@ def evaluate(
         by_machine[c.machine].append(c)
 
     runs: dict[str, dict[str, MachineScores]] = defaultdict(dict)
-    for machine in sorted({b.machine for _, b in bundles}):
+    for machine in sorted({b.machine for _, _, b in bundles}):
         mclips = sorted(by_machine.get(machine, []), key=lambda c: (c.id, str(c.path)))
         if not mclips:
             raise ValueError(f"{data}: no {split} clips of machine type {machine!r} (found: {sorted(by_machine)})")
-        mbundles = [(p, b) for p, b in bundles if b.machine == machine]
+        mbundles = [(label, p, b) for label, p, b in bundles if b.machine == machine]
         log.info("%s: %d %s clips, %d bundle(s)", machine, len(mclips), split, len(mbundles))
         scores, levels = _score_machine(mclips, mbundles, batch_size)
-        for (path, b), s in zip(mbundles, scores):
-            runs[b.name][machine] = MachineScores(mclips, s, float(b.threshold), path, dict(b.per_id_thresholds))
+        for (label, path, b), s in zip(mbundles, scores):
+            p95 = b.meta.get("training", {}).get("train_score_percentiles", {}).get(str(STUDY_PERCENTILE))
+            runs[label][machine] = MachineScores(mclips, s, float(b.threshold), path, dict(b.per_id_thresholds),
+                                                 None if p95 is None else float(p95))
         runs["chance"][machine] = MachineScores(mclips, chance_scores(machine, len(mclips), chance_seed))
         runs["rms_level"][machine] = MachineScores(mclips, levels)
 
-    ordered = list(dict.fromkeys(b.name for _, b in bundles)) + list(REFERENCE_MODELS)  # as given on the command line
+    ordered = list(dict.fromkeys(label for label, _, _ in bundles)) + list(REFERENCE_MODELS)  # command-line order
+    model_of = {label: b.name for label, _, b in bundles}
     results: dict[str, Any] = {
-        "models": {n: model_metrics(runs[n], "reference" if n in REFERENCE_MODELS else "bundle") for n in ordered},
+        "models": {n: {**model_metrics(runs[n], "reference" if n in REFERENCE_MODELS else "bundle"),
+                       **({"model": model_of[n]} if n in model_of else {})} for n in ordered},
         "meta": {
             "data": str(data),
             "split": split,
@@ -292,6 +336,13 @@ def write_report(
             conf = _confusion(ms)
             if conf is not None:
                 report.plot_confusion(folder / f"confusion_{safe_name(machine)}.png", conf, title)
+            groups = {"": None, **_snr_groups(ms)}
+            for snr, idx in groups.items():
+                p95 = _confusion(ms, idx, train_p95=True)
+                if p95 is not None:
+                    name = safe_name(f"{machine}_{snr}" if snr else machine)
+                    report.plot_confusion(folder / f"confusion_p95_{name}.png", p95,
+                                          f"{title}{f' {snr}' if snr else ''}", rule="95th pct of training scores")
             auc = model["machines"][machine]["auc"]
             report.plot_score_distribution(
                 folder / f"scores_{safe_name(machine)}.png", ms.scores, [c.label for c in ms.clips], ms.threshold,

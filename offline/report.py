@@ -137,8 +137,8 @@ def _figure(width: float, height: float) -> Any:
     return fig
 
 
-def plot_confusion(path: Path, confusion: Confusion, title: str) -> None:
-    """2x2 confusion matrix at the bundle threshold, counts written in the cells."""
+def plot_confusion(path: Path, confusion: Confusion, title: str, rule: str = "bundle threshold") -> None:
+    """2x2 confusion matrix at a threshold (`rule` says which), counts written in the cells."""
     fig = _figure(4.2, 3.8)
     ax = fig.add_subplot()
     m = confusion.matrix
@@ -147,7 +147,7 @@ def plot_confusion(path: Path, confusion: Confusion, title: str) -> None:
         ax.text(c, r, str(count), ha="center", va="center", color="white" if count > m.max() / 2 else "black")
     ax.set_xticks([0, 1], ["normal", "anomalous"])
     ax.set_yticks([0, 1], ["normal", "anomaly"])
-    ax.set_xlabel(f"decision (score > {confusion.threshold:.4g})")
+    ax.set_xlabel(f"decision (score > {confusion.threshold:.4g}, {rule})")
     ax.set_ylabel("truth")
     ax.set_title(title, fontsize=10)
     fig.savefig(path)
@@ -213,11 +213,40 @@ def summary_rows(results: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
     return header, rows
 
 
+def snr_rows(results: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
+    """Header and rows of the per-SNR table (the MIMII study's view): one row per model, the AUC of each machine
+    type at each SNR; no rows when no clip carries an SNR."""
+    models: dict[str, Any] = results["models"]
+    cols = sorted({(m, snr) for model in models.values() for m, e in model["machines"].items()
+                   for snr in e.get("snr", {})}, key=lambda c: (c[0], _snr_value(c[1])))
+    if not cols:
+        return [], []
+    header = ["model"] + [f"{m} {snr} AUC" for m, snr in cols]
+    rows = [[name] + [_fmt(model["machines"].get(m, {}).get("snr", {}).get(snr, {}).get("auc")) for m, snr in cols]
+            for name, model in models.items()]
+    return header, rows
+
+
+def _snr_value(snr: str) -> float:
+    """'-6dB' -> -6.0, for ordering the columns by SNR (high to low reads as the study does); unparsable last."""
+    try:
+        return -float(snr.lower().removesuffix("db"))
+    except ValueError:
+        return float("inf")
+
+
+def _markdown_table(header: list[str], rows: list[list[str]]) -> list[str]:
+    return ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|",
+            *["| " + " | ".join(r) + " |" for r in rows]]
+
+
 def summary_markdown(results: dict[str, Any], note: str = "") -> str:
-    """The table as GitHub markdown, with a legend for the reference rows."""
-    header, rows = summary_rows(results)
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    lines += ["| " + " | ".join(r) + " |" for r in rows]
+    """The table as GitHub markdown (and the per-SNR table when clips carry an SNR), with a legend for the
+    reference rows."""
+    lines = _markdown_table(*summary_rows(results))
+    snr_header, snr_table = snr_rows(results)
+    if snr_table:
+        lines += ["", "AUC per SNR (each the mean over the ids at that SNR):", "", *_markdown_table(snr_header, snr_table)]
     legend = (
         "\n`chance`: seeded uniform random scores (its AUC scatters around 0.5 by the luck of the draw). "
         "`rms_level`: the clip's RMS level in dBFS as the score (louder = more anomalous). "
@@ -239,4 +268,13 @@ def print_summary(results: dict[str, Any], title: str) -> None:
     for row in rows:
         style = "red" if row[-1] == "NO" else ("dim" if row[0] in REFERENCE_MODELS else None)
         table.add_row(*row, style=style)
-    Console(width=max(100, 14 * len(header))).print(table)
+    console = Console(width=max(100, 14 * len(header)))
+    console.print(table)
+    snr_header, snr_table = snr_rows(results)
+    if snr_table:
+        per_snr = Table(title="AUC per SNR")
+        for i, col in enumerate(snr_header):
+            per_snr.add_column(col, justify="left" if i == 0 else "right")
+        for row in snr_table:
+            per_snr.add_row(*row, style="dim" if row[0] in REFERENCE_MODELS else None)
+        console.print(per_snr)

@@ -43,7 +43,7 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"--batch-size must be positive, got {args.batch_size}")
     bundle = load_bundle(args.bundle, device=args.device)  # BundleError is a ValueError: the CLI exits 2
     failed = 0
-    if bundle.feature.input_kind == "vectors":
+    if bundle.input_kind == "vectors":
         lines = score_vector_files(bundle, args.files, args.machine_id)
     else:
         bundle.check_machine_id(args.machine_id)

@@ -72,7 +72,22 @@ def load_config(path: Path | None) -> dict[str, Any]:
     from models.training.recipe import check_config
 
     check_config(data, str(path))
-    return data
+    return _inline_member_configs(data, Path(path).parent)
+
+
+def _inline_member_configs(config: dict[str, Any], folder: Path) -> dict[str, Any]:
+    """An ensemble's member configs named by path are read (relative to the ensemble config's folder) and put
+    inline, so that the ensemble bundle records every member's whole config."""
+    params = config.get("params") or {}
+    members = params.get("members")
+    if not isinstance(members, list):
+        return config
+    inlined = []
+    for entry in members:
+        if isinstance(entry, dict) and isinstance(entry.get("config"), str):
+            entry = {**entry, "config": load_config(folder / entry["config"])}
+        inlined.append(entry)
+    return {**config, "params": {**params, "members": inlined}}
 
 
 def _apply_flags(config: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:

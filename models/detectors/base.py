@@ -35,12 +35,14 @@ register = REGISTRY.register
 
 @dataclass(frozen=True)
 class ExampleInput:
-    """The shape of data a detector's generic tests feed it: `n_clips` clips of `n_vectors` vectors of `dim`
-    values, and `n_ids` machine ids when the detector conditions on them (0: none)."""
+    """The shape of data a detector's generic tests feed it: clips of `n_vectors` vectors of `dim` values, and
+    `n_ids` machine ids when the detector conditions on them (0: none). `scores`: the values are other detectors'
+    anomaly scores (a detector over detectors), so anomalies are high values of some of them."""
 
     dim: int = 40
     n_vectors: int = 60
     n_ids: int = 0
+    scores: bool = False
 
 
 class Learned(HyperParams, ABC):
@@ -92,6 +94,9 @@ class Detector(Learned):
     # Hyper-parameters that make a fit take well under a second on a few thousand vectors: tests and the demo use
     # them so that every registered detector can be exercised the same way.
     quick_params: ClassVar[dict[str, Any]] = {}
+    # True for a detector over detectors (the ensemble): its inputs are member systems' scores, and training builds
+    # the member bundles first
+    combines_members: ClassVar[bool] = False
 
     @classmethod
     def example_input(cls) -> ExampleInput:

@@ -27,7 +27,7 @@ from models.detectors import Detector, get_detector
 from models.features import FeatureConfig, feature_from_dict
 from models.scoring import Chain
 from models.stages import Stage, get_stage
-from models.threshold import MIN_GAMMA_SCORES, fit_threshold, parse_threshold_spec
+from models.threshold import MIN_GAMMA_SCORES, TRAIN_PERCENTILES, fit_threshold, parse_threshold_spec
 from models.training.loop import make_progress
 
 log = logging.getLogger(__name__)
@@ -222,6 +222,11 @@ def train_bundle(
     """
     from models.device import describe, select_device
 
+    if get_detector(model_name).combines_members:
+        from models.training.ensemble import train_ensemble
+
+        return train_ensemble(clips, machine, out, dict(config or {}), ids=ids, data_source=data_source,
+                              device=device, progress=progress, epochs=epochs)
     spec = build_spec(model_name, config, device=device, progress=progress, epochs=epochs)
     chosen = select_training_clips(clips, machine, ids)
     fit_clips, hold_clips = split_holdout(chosen, spec.holdout, spec.seed, gamma=spec.threshold["method"] == "gamma")
@@ -252,6 +257,7 @@ def fit_bundle(
     machine: str,
     summary: dict[str, Any] | None = None,
     extra: dict[str, Any] | None = None,
+    members: dict[str, Path] | None = None,
 ) -> Path:
     """Fit the stages in order, then the detector, on `fit` (per-clip feature matrices with their machine ids);
     set the threshold on the scores of `holdout` (the training clips' own scores when there is none, which
@@ -273,8 +279,9 @@ def fit_bundle(
     spec.detector.fit(feats, ids_fit)
     t_fit, cpu_fit = time.perf_counter() - t0, time.process_time() - cpu0
     chain = Chain(spec.stages, spec.detector)
-    scored, scored_ids = (holdout, ids_hold) if holdout else (fit, ids_fit)
-    scores = chain.score_windows(scored, scored_ids)
+    train_scores = chain.score_windows(fit, ids_fit)
+    scores = chain.score_windows(holdout, ids_hold) if holdout else train_scores
+    scored_ids = ids_hold if holdout else ids_fit
     threshold, info = fit_threshold(scores, **spec.threshold)
     per_id = _per_id_thresholds(scores, scored_ids, spec) if spec.per_id_thresholds else {}
 
@@ -289,6 +296,8 @@ def fit_bundle(
         "threshold_scores": "holdout" if holdout else "training",
         "score_stats": {"mean": float(np.mean(scores)), "std": float(np.std(scores)),
                         "min": float(np.min(scores)), "max": float(np.max(scores))},
+        # the MIMII study's decision rule, reported by `evaluate` beside the bundle's own threshold
+        "train_score_percentiles": {str(q): float(np.percentile(train_scores, q)) for q in TRAIN_PERCENTILES},
         "seed": spec.seed,
         "fit_seconds": round(t_fit, 3),
         "fit_cpu_seconds": round(cpu_fit, 3),
@@ -302,7 +311,7 @@ def fit_bundle(
     path = save_bundle(
         out, spec.detector, spec.feature, threshold, info, machine, used_ids, full_summary,
         window_seconds=spec.window_seconds, hop_seconds=spec.hop_seconds,
-        extra={"config": config, **(extra or {})}, stages=spec.stages, per_id_thresholds=per_id,
+        extra={"config": config, **(extra or {})}, stages=spec.stages, per_id_thresholds=per_id, members=members,
     )
     log.info("%s/%s: threshold %.6g (%s%s), bundle %s", spec.detector.name, machine, threshold, info["method"],
              f", {len(per_id)} per id" if per_id else "", path)

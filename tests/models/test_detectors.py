@@ -43,18 +43,26 @@ def example_data(cls: type[Detector], seed: int = 7) -> dict:
     w_anomaly = w * rng.choice([-1.0, 1.0], size=spec.dim)
     id_names = [f"id_{k:02d}" for k in range(max(spec.n_ids, 1))]
 
-    def clips(weights: np.ndarray, n: int) -> tuple[list[torch.Tensor], list[str] | None]:
+    scale = 10.0 ** rng.uniform(-2, 2, size=spec.dim)  # score vectors: members on unrelated scales
+
+    def clips(weights: np.ndarray, n: int, anomalous: bool) -> tuple[list[torch.Tensor], list[str] | None]:
         out, ids = [], []
         for i in range(n):
             k = i % len(id_names)
-            x = rng.normal(size=(spec.n_vectors, RANK)) @ weights + 0.3 * rng.normal(size=(spec.n_vectors, spec.dim))
+            if spec.scores:  # an anomaly is a 6-sigma high score of one member, a different one each time
+                x = rng.normal(size=(spec.n_vectors, spec.dim))
+                if anomalous:
+                    x[:, i % spec.dim] += 6.0
+                x = x * scale + 100.0 * scale
+            else:
+                x = rng.normal(size=(spec.n_vectors, RANK)) @ weights + 0.3 * rng.normal(size=(spec.n_vectors, spec.dim))
             out.append(torch.tensor(x + 5.0 + 2.0 * k, dtype=torch.float32))
             ids.append(id_names[k])
         return out, (ids if spec.n_ids else None)
 
     data = {}
     for part, weights, n in (("train", w, 24), ("normal", w, 10), ("anomaly", w_anomaly, 10)):
-        data[part], data[f"{part}_ids"] = clips(weights, n)
+        data[part], data[f"{part}_ids"] = clips(weights, n, part == "anomaly")
     data["dim"] = spec.dim
     return data
 
@@ -162,8 +170,9 @@ def test_vector_scores_average_to_clip_scores(case) -> None:
     means = [float(p.double().mean()) for p in torch.split(per_vector, lengths)]
     np.testing.assert_allclose(means, det.score(clips, ids), rtol=1e-5)
     # a window of the monitor is any run of vectors: scoring it piecewise gives the same numbers
-    piece_ids = None if row_ids is None else row_ids[:7]
-    np.testing.assert_allclose(det.score_vectors(clips[0][:7], piece_ids).numpy(), per_vector[:7].numpy(), rtol=1e-5)
+    k = min(7, lengths[0])
+    piece_ids = None if row_ids is None else row_ids[:k]
+    np.testing.assert_allclose(det.score_vectors(clips[0][:k], piece_ids).numpy(), per_vector[:k].numpy(), rtol=1e-5)
 
 
 def test_id_conditioned_detectors_refuse_clips_without_ids(case) -> None:
@@ -185,7 +194,7 @@ def test_fit_refuses_bad_training_sets(name: str) -> None:
     with pytest.raises(ValueError, match="empty"):
         det.fit([], [] if ids else None)
     bad = [c.clone() for c in data["train"][:3]]
-    bad[1][5, 3] = float("nan")
+    bad[1][min(5, bad[1].shape[0] - 1), min(3, dim - 1)] = float("nan")
     with pytest.raises(ValueError, match=r"\[1\].*NaN/inf"):
         det.fit(bad, ids[:3] if ids else None)
     with pytest.raises(ValueError, match=rf"\[1\].*dim {dim - 1}, expected {dim}"):

@@ -27,7 +27,9 @@ def _plugins() -> Iterator[None]:
 def _clips(n: int, seed: int) -> list[torch.Tensor]:
     rng = np.random.default_rng(seed)
     w = rng.normal(size=(3, DIM))
-    return [torch.tensor(rng.normal(size=(30, 3)) @ w + 0.1 * rng.normal(size=(30, DIM)) + 4.0, dtype=torch.float32)
+    # squashed into (0, 1), the range the autoencoder stages (whose sigmoid outputs follow minmax) train on
+    return [torch.sigmoid(torch.tensor(rng.normal(size=(30, 3)) @ w + 0.1 * rng.normal(size=(30, DIM)),
+                                       dtype=torch.float32))
             for _ in range(n)]
 
 
@@ -104,3 +106,40 @@ def test_pca_map_chooses_a_count_per_group() -> None:
     assert stage.learned()["n_components"] == [2, 1] and stage.out_dim() == 3
     with pytest.raises(ValueError, match="add up to the input dim 12"):
         STAGES["pca_map"](groups=[8, 3]).fit(clips)
+
+
+def _manifold(n: int, seed: int) -> torch.Tensor:
+    """Vectors in (0, 1) on a 2-dim curved manifold of a 12-dim space: what an autoencoder can learn to restore."""
+    rng = np.random.default_rng(seed)
+    z = rng.uniform(-1, 1, size=(n, 2))
+    w = np.random.default_rng(99).normal(size=(2, DIM))
+    return torch.sigmoid(torch.tensor(np.tanh(z @ w) * 2.0, dtype=torch.float32))
+
+
+@pytest.mark.parametrize("name", ["ddae", "ae_clean"])
+def test_autoencoder_stages_restore_vectors_of_the_training_manifold(name: str) -> None:
+    train, test = _manifold(1000, 0), _manifold(300, 1)
+    stage = STAGES[name](groups=[DIM], layers=[[32, 8, 2]], epochs=40, lr=1e-2, batch_size=64, progress=False,
+                         device="cpu").fit(list(train.split(100)))
+    gen = torch.Generator().manual_seed(0)
+    noisy = (test + 0.1 * torch.randn(test.shape, generator=gen)).clamp(0, 1)
+    corrupted, cleaned = (noisy - test).square().mean(), (stage.transform(noisy) - test).square().mean()
+    assert cleaned < 0.5 * corrupted  # the 2-dim code keeps the manifold and drops the off-manifold noise
+    assert (stage.transform(test) - test).square().mean() < 0.1 * test.var()
+
+
+def test_ddae_builds_the_study_networks_and_needs_unit_range_input() -> None:
+    stage = STAGES["ddae"](groups=[128, 8], layers=[[64, 32, 16, 8], [16, 32, 64, 128]], epochs=1,
+                           progress=False, device="cpu")
+    X = torch.rand(80, 136)
+    stage.fit([X])
+    shapes = [[tuple(m.weight.shape[::-1]) for m in pair.modules() if isinstance(m, torch.nn.Linear)]
+              for pair in stage.net_.pairs]
+    assert shapes[0] == [(128, 64), (64, 32), (32, 16), (16, 8), (8, 16), (16, 32), (32, 64), (64, 128)]
+    assert shapes[1] == [(8, 16), (16, 32), (32, 64), (64, 128), (128, 64), (64, 32), (32, 16), (16, 8)]
+    assert stage.out_dim() == 136 and stage.learned()["groups"] == [128, 8]
+    assert STAGES["ddae"]().get_params()["noise_factor"] == 0.7 and STAGES["ae_clean"]().noise_factor == 0.0
+    with pytest.raises(ValueError, match="put a minmax stage before it"):
+        STAGES["ddae"](epochs=1, progress=False).fit([X + 1.0])
+    with pytest.raises(ValueError, match="add up to the input dim"):
+        STAGES["ddae"](groups=[100, 8], epochs=1, progress=False).fit([X])

@@ -78,7 +78,7 @@ def train_tiny(data: Path, machine: str, out: Path, model: str = "dcase_ae") -> 
 def second_model() -> Iterator[str]:
     """The side-by-side partner of dcase_ae: the first other registered detector, else a test plug-in (trained,
     saved and loaded by the real code) until a second shipped detector exists."""
-    others = sorted(n for n in REGISTRY if n != "dcase_ae")
+    others = sorted(n for n in REGISTRY if n != "dcase_ae" and not REGISTRY[n].combines_members)
     if others:
         yield others[0]
         return
@@ -214,7 +214,8 @@ def test_plots_are_valid_pngs(report: dict[str, Any]) -> None:
     from matplotlib.image import imread
 
     folder = report["out"] / "dcase_ae"
-    for name in ("confusion_fan.png", "confusion_pump.png", "scores_fan.png", "scores_pump.png"):
+    for name in ("confusion_fan.png", "confusion_pump.png", "confusion_p95_fan.png", "scores_fan.png",
+                 "scores_pump.png"):
         path = folder / name
         assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
         img = imread(path)
@@ -282,13 +283,56 @@ def test_manifest_with_snr_and_unlabeled_clips(evaluated: dict[str, Any], tmp_pa
     snr_rows = [r for r in csv.DictReader((out / "dcase_ae" / "results.csv").open()) if r["snr"] == "6dB"]
     assert {r["id"] for r in snr_rows} == {"id_00", "id_02", "id_04", "mean"}
     assert not list(out.glob("*/*.png"))
+    for snr in ("6dB", "-6dB"):  # the study's decisions at the 95th percentile of training scores, per SNR
+        conf = fan_entry["snr"][snr]["confusion_train_p95"]
+        assert conf["threshold"] == fan_entry["confusion_train_p95"]["threshold"]
+    assert sum(fan_entry["snr"][snr]["confusion_train_p95"][k] for snr in ("6dB", "-6dB")
+               for k in ("tn", "fp", "fn", "tp")) == 4 * N_TEST  # the labeled clips, split by SNR
+    md = (out / "summary.md").read_text()
+    assert "AUC per SNR" in md and "fan 6dB AUC" in md and "fan -6dB AUC" in md
+    assert md.index("fan 6dB AUC") < md.index("fan -6dB AUC")  # high to low, as the study reads
+
+
+def test_decisions_at_the_95th_percentile_of_training_scores(report: dict[str, Any]) -> None:
+    """The MIMII study's rule, beside the bundle threshold: the bundle records its training clips' score
+    percentiles, and the report's counts are the decisions `score > p95` on the test scores it wrote."""
+    entry = report["results"]["models"]["dcase_ae"]["machines"]["fan"]
+    stored = json.loads((report["out"].parent / "ae_fan" / "bundle.json").read_text())["training"]
+    p95 = stored["train_score_percentiles"]["95"]
+    assert stored["train_score_percentiles"]["90"] <= p95 <= stored["train_score_percentiles"]["99"]
+    conf = entry["confusion_train_p95"]
+    assert conf["threshold"] == pytest.approx(p95)
+    folder = report["out"] / "dcase_ae" / "submission"
+    y, s = [], []
+    for ident in FAN_IDS:  # id_04's clips are all labeled normal: they count as negatives
+        rows = _read_rows(folder / f"anomaly_score_fan_{ident}.csv")
+        y += [r[0].startswith("anomaly") for r in rows]
+        s += [float(r[1]) for r in rows]
+    y, d = np.array(y), np.array(s) > p95
+    assert (conf["tn"], conf["fp"], conf["fn"], conf["tp"]) == (
+        int((~y & ~d).sum()), int((~y & d).sum()), int((y & ~d).sum()), int((y & d).sum()))
+
+
+def test_labels_put_variants_of_one_model_side_by_side(evaluated: dict[str, Any], tmp_path: Path) -> None:
+    fan_bundle = str(evaluated["bundles"][0])
+    out = tmp_path / "report"
+    rc = main(["evaluate", "--data", str(evaluated["data"]), "--out", str(out), "--device", "cpu", "--no-plots",
+               "--bundle", f"plain={fan_bundle}", "--bundle", f"again+copy={fan_bundle}"])
+    assert rc == 0
+    models = json.loads((out / "results.json").read_text())["models"]
+    assert list(models) == ["plain", "again+copy", "chance", "rms_level"]
+    assert models["plain"]["model"] == models["again+copy"]["model"] == "dcase_ae"
+    assert models["plain"]["machines"]["fan"]["ids"] == models["again+copy"]["machines"]["fan"]["ids"]
+    assert (out / "again_copy" / "results.csv").is_file()  # the folder name is the label made file-safe
 
 
 def test_errors_name_the_problem(evaluated: dict[str, Any], tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     fan_bundle = str(evaluated["bundles"][0])
     base = ["evaluate", "--data", str(evaluated["data"]), "--out", str(tmp_path / "r"), "--device", "cpu"]
     assert main(base + ["--bundle", fan_bundle, "--bundle", fan_bundle]) == 2
-    assert "both model 'dcase_ae' for machine type 'fan'" in capsys.readouterr().err
+    assert "both 'dcase_ae' for machine type 'fan'" in capsys.readouterr().err
+    assert main(base + ["--bundle", f"chance={fan_bundle}"]) == 2
+    assert "'chance' is reserved" in capsys.readouterr().err
     only_pump = tmp_path / "pump.csv"
     pump = [c for c in load_clips(evaluated["data"], machine="pump")]
     only_pump.write_text("path,machine,id,split,label\n" + "".join(

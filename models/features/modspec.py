@@ -1,0 +1,158 @@
+"""Modulation spectrum: how fast, and how strongly, the level of each acoustic band fluctuates over a window; one
+vector per window (system 1 of the modulation-spectral study, issue #10).
+
+Per window:
+1. Acoustic bands: a magnitude STFT framed like log-mel (`center=False`, periodic Hann) and log-mel's Slaney
+   filterbank on the power spectrum (`MelComputer`, so framing and filters are not duplicated). A band's envelope is
+   the square root of its mel power, the band amplitude (about what a filterbank followed by a Hilbert envelope
+   measures); `log_envelope` takes it in dB instead, which makes the modulation values depend on the relative
+   modulation depth only, not on the band level.
+2. Each band's envelope over the window's frames: its mean removed (weighted by the taper, so the tapered envelope
+   has no DC at all), a Hann taper over the whole window, an FFT zero-padded to at least four FFT bins in the
+   narrowest modulation bin (a power of two).
+3. The one-sided modulation power spectral density integrated over `n_mod_bins` bins between `mod_fmin` and
+   `mod_fmax` Hz (log- or linearly spaced edges, [lo, hi) each). Integrated *power*, not the mean magnitude: a
+   modulation line and a noise floor then keep their values whatever the window length, so monitor windows and
+   offline clips of other lengths give comparable vectors of one fixed dimension. The bins sum to the taper-weighted
+   variance of the envelope (Parseval), in envelope units squared.
+4. `10 log10(power + EPS)`, band-major: `n_mels` blocks of `n_mod_bins` values.
+
+Defaults, for 16 kHz machine sounds: n_fft 512 (32 ms): a frame's Hann window smooths the envelope, and at 32 ms it
+passes 30 Hz modulations with at most 6 dB loss (1024 samples would lose 16-30 Hz almost entirely); hop 128 (an
+envelope rate of 125 Hz, whose Nyquist, 62.5 Hz, is the frame window's first spectral null, so little envelope
+content aliases into the analysed range); 32 mel bands; 12 half-octave modulation bins from 0.5 to 32 Hz (slow
+slider and valve cycles up to rotation and pulsation rates), 384 values. A window needs 16 frames (0.15 s); bins
+narrower than the window's own resolution (1 / its length, e.g. those below 2 Hz for a 1 s window) are sampled
+from the zero-padded spectrum, i.e. smoothed over neighbouring rates, but are always defined. Values are not scaled
+here: normalisation is the detector's learned state.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from models.features.base import WindowFeature, register_feature
+from models.features.logmel import EPS, LogMelConfig, MelComputer
+
+MIN_FRAMES = 16  # fewer frames leave no envelope to speak of
+POINTS_PER_BIN = 4  # FFT bins in the narrowest modulation bin, at least (zero padding)
+MOD_SCALES = ("log", "linear")
+
+
+@register_feature
+@dataclass(frozen=True)
+class ModSpecConfig(WindowFeature):
+    """Settings of the modulation spectrum; `dim` is `n_mels * n_mod_bins` whatever the window length."""
+
+    kind = "modspec"
+
+    sample_rate: int = 16000
+    n_fft: int = 512
+    hop_length: int = 128
+    n_mels: int = 32
+    fmin: float = 0.0
+    fmax: float | None = None
+    log_envelope: bool = False
+    mod_fmin: float = 0.5
+    mod_fmax: float = 32.0
+    n_mod_bins: int = 12
+    mod_scale: str = "log"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self._check_positive("n_fft", "hop_length", "n_mels", "n_mod_bins")
+        nyquist = self.sample_rate / 2
+        top = nyquist if self.fmax is None else self.fmax
+        if not 0.0 <= self.fmin < top <= nyquist:
+            raise ValueError(f"modspec: need 0 <= fmin < fmax <= {nyquist:g} Hz (Nyquist), "
+                             f"got fmin={self.fmin!r}, fmax={self.fmax!r}")
+        if not isinstance(self.log_envelope, bool):
+            raise ValueError(f"modspec: log_envelope must be true or false, got {self.log_envelope!r}")
+        env_nyquist = self.frame_rate / 2
+        if not 0.0 < self.mod_fmin < self.mod_fmax <= env_nyquist:
+            raise ValueError(f"modspec: need 0 < mod_fmin < mod_fmax <= {env_nyquist:g} Hz (half the envelope rate "
+                             f"sample_rate / hop_length), got mod_fmin={self.mod_fmin!r}, mod_fmax={self.mod_fmax!r}")
+        if self.mod_scale not in MOD_SCALES:
+            raise ValueError(f"modspec: mod_scale must be one of {MOD_SCALES}, got {self.mod_scale!r}")
+
+    @property
+    def dim(self) -> int:
+        return self.n_mels * self.n_mod_bins
+
+    @property
+    def min_window(self) -> int:
+        return self.n_fft + (MIN_FRAMES - 1) * self.hop_length
+
+    @property
+    def frame_rate(self) -> float:
+        """Envelope samples per second."""
+        return self.sample_rate / self.hop_length
+
+    @property
+    def mod_edges(self) -> np.ndarray:
+        """The `n_mod_bins + 1` modulation bin edges in Hz; bin j is [edges[j], edges[j+1])."""
+        space = np.geomspace if self.mod_scale == "log" else np.linspace
+        return space(self.mod_fmin, self.mod_fmax, self.n_mod_bins + 1)
+
+    def fft_length(self, n_frames: int) -> int:
+        """Zero-padded modulation FFT length for an envelope of `n_frames`: a power of two, at least `n_frames`
+        and fine enough for `POINTS_PER_BIN` FFT bins in the narrowest modulation bin."""
+        narrowest = float(np.diff(self.mod_edges).min())
+        need = max(n_frames, math.ceil(POINTS_PER_BIN * self.frame_rate / narrowest))
+        return 1 << (need - 1).bit_length()
+
+    def mel_config(self) -> LogMelConfig:
+        return LogMelConfig(sample_rate=self.sample_rate, n_fft=self.n_fft, hop_length=self.hop_length,
+                            n_mels=self.n_mels, fmin=self.fmin, fmax=self.fmax, power=2.0)
+
+    def compute(self, signals: Sequence[np.ndarray], device: torch.device) -> torch.Tensor:
+        computer = _computer(self, str(device))
+        return torch.stack([computer.modspec(s) for s in signals])
+
+
+class ModSpecComputer(MelComputer):
+    """`MelComputer` (frames, mel power) plus the modulation analysis of one window. Each window is computed on its
+    own: its numbers then cannot depend on which other windows were computed with it."""
+
+    def __init__(self, cfg: ModSpecConfig, device: torch.device) -> None:
+        super().__init__(cfg.mel_config(), device)
+        self.mod_cfg = cfg
+
+    def envelopes(self, signal: np.ndarray) -> torch.Tensor:
+        """[n_frames, n_mels] float64 band amplitudes (dB with `log_envelope`) of one signal."""
+        frames, n = self.frames([torch.from_numpy(np.ascontiguousarray(signal, dtype=np.float32))])
+        power = self.in_blocks(frames, self.FRAMES_PER_BLOCK, self.mel)[:n].double()
+        amplitude = power.clamp_(min=0.0).sqrt_()
+        return amplitude.add_(EPS).log10_().mul_(20.0) if self.mod_cfg.log_envelope else amplitude
+
+    def modspec(self, signal: np.ndarray) -> torch.Tensor:
+        """[dim] float32: dB modulation power per (band, modulation bin), band-major."""
+        env = self.envelopes(signal)
+        t = env.shape[0]
+        taper = torch.hann_window(t, periodic=False, dtype=torch.float64, device=env.device)
+        env = env - (taper @ env) / taper.sum()
+        m = self.mod_cfg.fft_length(t)
+        spec = torch.fft.rfft(env * taper[:, None], n=m, dim=0)
+        density = torch.view_as_real(spec).square().sum(dim=-1)  # [m // 2 + 1, n_mels]
+        pool = torch.from_numpy(_pool_matrix(self.mod_cfg, m)).to(env.device)
+        power = (pool.T @ density) * (2.0 / (m * float(taper.square().sum())))  # [n_mod_bins, n_mels]
+        return power.add_(EPS).log10_().mul_(10.0).T.reshape(-1).float()
+
+
+@lru_cache(maxsize=64)
+def _pool_matrix(cfg: ModSpecConfig, m: int) -> np.ndarray:
+    """[m // 2 + 1, n_mod_bins] 0/1: which bins of an m-point rfft of the envelope fall in each modulation bin."""
+    freqs = np.arange(m // 2 + 1) * cfg.frame_rate / m
+    edges = cfg.mod_edges
+    return ((freqs[:, None] >= edges[None, :-1]) & (freqs[:, None] < edges[None, 1:])).astype(np.float64)
+
+
+@lru_cache(maxsize=16)
+def _computer(cfg: ModSpecConfig, device: str) -> ModSpecComputer:
+    return ModSpecComputer(cfg, torch.device(device))
