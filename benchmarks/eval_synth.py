@@ -73,7 +73,8 @@ def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     }
     return {"data": {"machines": machines, "ids": args.ids, "train_clips": args.train_clips,
                      "test_clips": args.test_clips, "snr_db": args.snr, "seed": args.seed, "clip_seconds": 10},
-            "models": {label: config for label, config in models}, "epochs_override": args.epochs, "results": table, "timing": timing}
+            "models": {label: config for label, config in models}, "epochs_override": args.epochs, "results": table,
+            "timing": timing}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -11,12 +11,16 @@ How a window is scored depends on what the parts need, and is decided here once:
   overlapping windows never re-score a vector.
 - `window` mode (a window-level stage or detector): the last W vectors of each stream are kept (after any leading
   vector stages) and every ready window of every stream is scored in one batched `score` call.
-- `audio` mode (a window-level feature such as a modulation spectrum): the last window of samples is kept and each
-  ready window becomes one feature vector, then as above.
+- `frames` mode (a window-level feature with a frame front end: modulation spectrum, clip statistics): the front
+  end's frames are computed once as audio arrives, the last W frames of each stream are kept, and each ready
+  window's frames are reduced to its one feature vector, then scored as above.
+- `audio` mode (a window-level feature without one): the last window of samples is kept and each ready window
+  becomes one feature vector, then as above.
 """
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Sequence
 
@@ -28,6 +32,8 @@ from models.features import FeatureConfig
 
 if TYPE_CHECKING:
     from models.stages import Stage
+
+log = logging.getLogger(__name__)
 
 WindowScores = list[tuple[int, float]]  # (end sample of the window in the stream, score)
 
@@ -98,24 +104,29 @@ class StreamScorer:
                  hop: float | None = None, device: str | torch.device | None = "cpu",
                  machine_ids: Sequence[str | None] | None = None) -> None:
         self.feature, self.chain = feature, chain
-        self.mode = "audio" if feature.window_level else "vector" if chain.vector_level else "window"
+        front = feature.frame_front() if feature.window_level else None
+        self.framing = front or feature  # what the stream computes incrementally: vectors, or a front end's frames
+        self.mode = ("frames" if front else "audio") if feature.window_level else (
+            "vector" if chain.vector_level else "window")
         self.whole = window is None
-        self.window = self.hop = 0  # counted in samples (audio mode) or vectors; 0: the whole stream is one window
+        self.window = self.hop = 0  # counted in samples (audio mode), frames or vectors; 0: the stream is one window
         if not self.whole:
             self.window, self.hop = self._window_hop(float(window), float(hop or window))
-        self.stream = feature.batch_stream(0, device)
+        self.stream = self.framing.batch_stream(0, device)
         self._states: list[_StreamState] = []
         for mid in machine_ids or [None] * n_streams:
             self.add_stream(mid)
 
     def _window_hop(self, window: float, hop: float) -> tuple[int, int]:
         f, sr = self.feature, self.feature.sample_rate
-        if self.mode == "audio":
+        if self.mode in ("audio", "frames"):
             w = int(round(window * sr))
             if w < f.min_window:
                 raise ValueError(f"a window of {window} s is shorter than the {f.kind} feature needs "
                                  f"({f.min_window / sr:g} s)")
-            return w, max(1, int(round(hop * sr)))
+            if self.mode == "audio":
+                return w, max(1, int(round(hop * sr)))
+            f = self.framing
         w = f.n_vectors(int(round(window * sr)))
         if w < 1:
             raise ValueError(f"a window of {window} s is shorter than one {f.kind} vector ({f.span_samples / sr:g} s)")
@@ -123,6 +134,11 @@ class StreamScorer:
 
     def __len__(self) -> int:
         return len(self._states)
+
+    @property
+    def hop_samples(self) -> int:
+        """Input samples between two windows (0: one window per stream, at `flush`)."""
+        return self.hop if self.mode == "audio" else self.hop * self.framing.hop_samples
 
     def add_stream(self, machine_id: str | None = None) -> int:
         """Add a stream (scored as machine `machine_id`); returns its index."""
@@ -150,6 +166,8 @@ class StreamScorer:
                     st.whole.append(v)
             return [[] for _ in self._states]
         new = {i: v for i, v in enumerate(vectors) if v.shape[0]}
+        if self.mode == "frames":
+            return self._frame_windows(new)
         return self._vector_windows(new) if self.mode == "vector" else self._matrix_windows(new)
 
     def flush(self) -> list[WindowScores]:
@@ -160,6 +178,11 @@ class StreamScorer:
         if self.whole:
             clips = [(i, torch.cat(st.whole + [rest[i]])) for i, st in enumerate(self._states)]
             ready = [(i, c) for i, c in clips if c.shape[0]]
+            if self.mode == "frames":  # a stream too short for the feature's fewest frames has no score
+                ready = [(i, c) for i, c in ready if self._states[i].n_in >= self.feature.min_window]
+                if ready:
+                    vectors = self.feature.reduce([c for _, c in ready])
+                    ready = [(i, vectors[k : k + 1]) for k, (i, _) in enumerate(ready)]
             if ready:
                 ids = self._ids([i for i, _ in ready])
                 scores = self.chain.score_windows([c for _, c in ready], ids)
@@ -196,8 +219,9 @@ class StreamScorer:
         return windows
 
     def _end_sample(self, vector_end: int) -> int:
-        """The input sample count at which the window ending with vector `vector_end` (1-based) is complete."""
-        return (vector_end - 1) * self.feature.hop_samples + self.feature.span_samples
+        """The input sample count at which the window ending with vector (frame) `vector_end` (1-based) is
+        complete."""
+        return (vector_end - 1) * self.framing.hop_samples + self.framing.span_samples
 
     def _vector_windows(self, new: dict[int, torch.Tensor]) -> list[WindowScores]:
         out: list[WindowScores] = [[] for _ in self._states]
@@ -222,6 +246,18 @@ class StreamScorer:
             v = self.chain.transform_vectors(new[i]) if self.chain.vector_stages else new[i]
             ready += [(i, self._end_sample(e), w) for e, w in self._slide(self._states[i], v, torch.cat)]
         return self._score_ready(ready, transformed=True)
+
+    def _frame_windows(self, new: dict[int, torch.Tensor]) -> list[WindowScores]:
+        """Window-level features from a frame front end: each ready window's last W frames, reduced to its vector
+        (all ready windows of all streams in one `reduce` call)."""
+        ready: list[tuple[int, int, torch.Tensor]] = []
+        for i in sorted(new):
+            ready += [(i, self._end_sample(e), w) for e, w in self._slide(self._states[i], new[i], torch.cat)]
+        if not ready:
+            return [[] for _ in self._states]
+        vectors = self.feature.reduce([w for _, _, w in ready])
+        return self._score_ready([(i, e, vectors[k : k + 1]) for k, (i, e, _) in enumerate(ready)],
+                                 transformed=False)
 
     def _score_ready(self, ready: list[tuple[int, int, torch.Tensor]], transformed: bool) -> list[WindowScores]:
         out: list[WindowScores] = [[] for _ in self._states]
@@ -297,6 +333,10 @@ class EnsembleScorer:
                  ) -> None:
         self.ensemble = ensemble
         self.scorers = [StreamScorer(f, g, 0, window, hop, device) for f, g in groups]
+        hops = {s.hop_samples for s in self.scorers}
+        if len(hops) > 1:
+            log.warning("ensemble members emit windows every %s samples (their feature hops do not divide the %s s "
+                        "hop alike): each window pairs the members' oldest ready windows", sorted(hops), hop)
         self._check_id = check_id
         self._pending: list[list[list[tuple[int, float]]]] = []
         for mid in machine_ids or [None] * n_streams:

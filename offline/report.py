@@ -246,7 +246,8 @@ def summary_markdown(results: dict[str, Any], note: str = "") -> str:
     lines = _markdown_table(*summary_rows(results))
     snr_header, snr_table = snr_rows(results)
     if snr_table:
-        lines += ["", "AUC per SNR (each the mean over the ids at that SNR):", "", *_markdown_table(snr_header, snr_table)]
+        lines += ["", "AUC per SNR (each the mean over the ids at that SNR):", "",
+                  *_markdown_table(snr_header, snr_table)]
     legend = (
         "\n`chance`: seeded uniform random scores (its AUC scatters around 0.5 by the luck of the draw). "
         "`rms_level`: the clip's RMS level in dBFS as the score (louder = more anomalous). "

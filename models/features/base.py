@@ -478,8 +478,15 @@ class FramedBatchStream(BatchStream):
 @dataclasses.dataclass(frozen=True)
 class WindowFeature(FeatureConfig):
     """A kind whose one vector summarises a whole window (or clip) of audio: `n_vectors` is 1 for any input of at
-    least `min_window` samples. Offline, a clip is one window; the stream scorer hands such kinds each window's
-    samples. Subclasses implement `compute(signals) -> [len(signals), dim]`."""
+    least `min_window` samples. Offline, a clip is one window.
+
+    Two ways to define one:
+    - `frame_front()` returns a framed kind and `reduce(frames)` turns a window's frame vectors into its vector:
+      the stream scorer then computes frames once, as audio arrives, and reduces the last frames of each window
+      every hop (a 10 s window at a 1 s hop costs one reduction, not ten seconds of features, per hop); `compute` is
+      the reduction of the front end's frames, so offline and streaming share every number;
+    - otherwise `compute(signals)` on each window's samples, which the stream scorer keeps.
+    """
 
     window_level: ClassVar[bool] = True
 
@@ -488,9 +495,20 @@ class WindowFeature(FeatureConfig):
     def min_window(self) -> int:
         """The fewest samples a window must have."""
 
-    @abstractmethod
+    def frame_front(self) -> "FramedFeature | None":
+        """The framed front end whose frames `reduce` summarises, or None (the kind needs the samples)."""
+        return None
+
+    def reduce(self, frames: Sequence[torch.Tensor]) -> torch.Tensor:
+        """One vector per window from its front-end frames `[T_i, frame_dim]`: `[len(frames), dim]`."""
+        raise NotImplementedError(f"{self.kind} has no frame front end")
+
     def compute(self, signals: Sequence[np.ndarray], device: torch.device) -> torch.Tensor:
         """One vector per 1-D float32 signal, `[len(signals), dim]`."""
+        front = self.frame_front()
+        if front is None:
+            raise NotImplementedError(f"{self.kind}: implement compute() or frame_front() and reduce()")
+        return self.reduce(front.extract_batch(list(signals), device))
 
     @property
     def hop_samples(self) -> int:

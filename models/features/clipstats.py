@@ -6,24 +6,33 @@
   (peak |x| over RMS), mean, standard deviation, and the entropy (nats) of a 256-bin amplitude histogram.
 
 Framing is `center=False`, as for every kind here (the study's librosa call padded the clip ends; a stream has no
-end to pad). The mel front end reuses `MelComputer` (filterbank, framing, bit-exact row padding) with the study's
-shorter window. Values are not scaled here: the study's min-max scaling is fitted on the normal training windows
-and belongs in the bundle as learned state (a stage), not in the feature.
+end to pad). Values are not scaled here: the study's min-max scaling is fitted on the normal training windows and
+belongs in the bundle as learned state (a stage), not in the feature.
+
+Computed from a front end (`ClipFramesConfig`), so that the monitor pays one reduction per window and hop instead
+of ten seconds of features: every block of `BLOCK` mel frames (100 ms) contributes the sum of its frames' DCTs of
+log-mel and the power sums, extremes and histogram counts of the samples it owns (block i owns samples
+[i*B, (i+1)*B), B = BLOCK * hop); a window's statistics come from summing its blocks'. Consequences, deliberate:
+- a window's mel mean and waveform statistics cover its whole blocks (a 10 s clip: 990 of its 998 frames; the last
+  n_fft - hop samples belong to no block yet), and the moments come from power sums (exact for zero-mean audio up
+  to rounding; a large DC offset would cost precision);
+- the histogram's 256 bins span full scale, [-1, 1], instead of each window's own [min, max] (which would need
+  every sample of the window at every hop): the entropy then also reflects the level, and a window's histogram is
+  the sum of its frames'.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import lru_cache
 from typing import Sequence
 
-import numpy as np
 import torch
 
-from models.features.base import WindowFeature, register_feature
+from models.features.base import FramedFeature, WindowFeature, register_feature
 from models.features.logmel import LogMelConfig, MelComputer
 from models.features.mfcc import dct_matrix
 
+BLOCK = 10  # mel frames per front-end vector (100 ms at the study's 10 ms hop)
 WAVEFORM_STATS = ("rms", "kurtosis", "skewness", "peak_to_peak", "crest_factor", "mean", "std", "entropy")
 
 
@@ -47,6 +56,9 @@ class ClipStatsConfig(WindowFeature):
         self._check_positive("n_fft", "win_length", "hop_length", "n_mels", "hist_bins")
         if self.win_length > self.n_fft:
             raise ValueError(f"clipstats: win_length {self.win_length} exceeds n_fft {self.n_fft}")
+        if self.hop_length > self.n_fft:
+            raise ValueError(f"clipstats: hop_length {self.hop_length} exceeds n_fft {self.n_fft} (a frame owns "
+                             "the first hop_length samples it covers)")
         if not self.log_offset > 0:
             raise ValueError(f"clipstats: log_offset must be positive, got {self.log_offset!r}")
 
@@ -56,64 +68,114 @@ class ClipStatsConfig(WindowFeature):
 
     @property
     def min_window(self) -> int:
-        return self.n_fft
+        return self.n_fft + (BLOCK - 1) * self.hop_length
 
-    def mel_config(self) -> LogMelConfig:
-        return LogMelConfig(sample_rate=self.sample_rate, n_fft=self.n_fft, hop_length=self.hop_length,
-                            n_mels=self.n_mels, power=2.0)
+    def frame_front(self) -> "ClipFramesConfig":
+        return ClipFramesConfig(sample_rate=self.sample_rate, n_fft=self.n_fft, hop_length=self.hop_length,
+                                n_mels=self.n_mels, win_length=self.win_length, log_offset=self.log_offset,
+                                hist_bins=self.hist_bins)
 
-    def compute(self, signals: Sequence[np.ndarray], device: torch.device) -> torch.Tensor:
-        mel_part = _computer(self, str(device)).dct_means(signals)
-        wave_part = torch.from_numpy(np.stack([waveform_stats(s, self.hist_bins) for s in signals])).float()
-        return torch.cat([mel_part, wave_part.to(mel_part.device)], dim=1)
+    def reduce(self, frames: Sequence[torch.Tensor]) -> torch.Tensor:
+        """Windows of equal length are reduced together (the monitor's are), each one's sums on its own rows."""
+        out: list[torch.Tensor | None] = [None] * len(frames)
+        by_length: dict[int, list[int]] = {}
+        for i, f in enumerate(frames):
+            by_length.setdefault(int(f.shape[0]), []).append(i)
+        for t, idx in by_length.items():
+            part = self._reduce(torch.stack([frames[i] for i in idx]))
+            for k, i in enumerate(idx):
+                out[i] = part[k]
+        return torch.stack(out)  # type: ignore[arg-type]
+
+    def _reduce(self, F: torch.Tensor) -> torch.Tensor:
+        """[n, T, frame_dim] float32 frames -> [n, dim] float32. The sums over frames run in float32 (a float64
+        reduction was ten times slower, and the monitor runs this every hop for every stream): exact for the
+        histogram counts, ~1e-6 relative for the means and power sums; the statistics are then formed in float64."""
+        m = self.n_mels
+        sums = F.sum(dim=1).double()  # [n, frame_dim]
+        dct_mean = sums[:, :m] / (F.shape[1] * BLOCK)
+        s1, s2, s3, s4 = sums[:, m : m + 4].unbind(dim=1)
+        lo, hi = F[:, :, m + 4].amin(dim=1).double(), F[:, :, m + 5].amax(dim=1).double()
+        counts = sums[:, m + 6 :]
+        n = float(F.shape[1] * BLOCK * self.hop_length)
+        mean = s1 / n
+        var = (s2 / n - mean**2).clamp_(min=0.0)
+        m3 = s3 / n - 3 * mean * s2 / n + 2 * mean**3
+        m4 = s4 / n - 4 * mean * s3 / n + 6 * mean**2 * s2 / n - 3 * mean**4
+        spread = var > 0
+        safe = torch.where(spread, var, torch.ones_like(var))
+        skew = torch.where(spread, m3 / safe**1.5, torch.zeros_like(var))
+        kurt = torch.where(spread, m4 / safe**2 - 3.0, torch.zeros_like(var))
+        rms = (s2 / n).sqrt()
+        peak = torch.maximum(lo.abs(), hi.abs())
+        crest = torch.where(rms > 0, peak / torch.where(rms > 0, rms, torch.ones_like(rms)), torch.zeros_like(rms))
+        p = counts / counts.sum(dim=1, keepdim=True)
+        entropy = -torch.where(p > 0, p * p.clamp_min(1e-300).log(), torch.zeros_like(p)).sum(dim=1)
+        wave = torch.stack([rms, kurt, skew, hi - lo, crest, mean, var.sqrt(), entropy], dim=1)
+        return torch.cat([dct_mean, wave], dim=1).float()
 
 
-class ClipMelComputer(MelComputer):
-    """`MelComputer` with a `win_length` Hann window centred in each n_fft frame (librosa's convention), then
-    natural log, DCT over the mel axis and the mean over each signal's frames."""
+@dataclass(frozen=True)
+class ClipFramesConfig(FramedFeature):
+    """The clip statistics' front end, one vector per block of `BLOCK` mel frames: the sum of the frames' DCTs of
+    log-mel (`n_mels`), then the power sums x, x^2, x^3, x^4 (float32: ~1e-7 relative over 1600 samples), min and
+    max of the samples the block owns, and their counts in `hist_bins` full-scale bins. Not a registered kind: it
+    exists inside `clipstats`. Blocks keep a window's front end small (99 vectors of 390 values for 10 s), which is what
+    the monitor keeps and sums for every stream at every hop."""
 
-    def __init__(self, cfg: ClipStatsConfig, device: torch.device) -> None:
-        super().__init__(cfg.mel_config(), device)
+    kind = "clipstats_blocks"
+
+    sample_rate: int = 16000
+    n_fft: int = 512
+    hop_length: int = 160
+    n_mels: int = 128
+    win_length: int = 400
+    log_offset: float = 1e-8
+    hist_bins: int = 256
+
+    @property
+    def frame_length(self) -> int:
+        return self.n_fft + (BLOCK - 1) * self.hop_length
+
+    @property
+    def frame_hop(self) -> int:
+        return BLOCK * self.hop_length
+
+    @property
+    def frame_dim(self) -> int:
+        return self.n_mels + 6 + self.hist_bins
+
+    def make_computer(self, device: torch.device) -> "ClipFrameComputer":
+        return ClipFrameComputer(self, device)
+
+
+class ClipFrameComputer(MelComputer):
+    """`MelComputer` with a `win_length` Hann window centred in each n_fft frame (librosa's convention) applied here
+    rather than while framing (the owned samples are read raw first), natural log and the DCT over the mel axis."""
+
+    def __init__(self, cfg: ClipFramesConfig, device: torch.device) -> None:
+        super().__init__(LogMelConfig(sample_rate=cfg.sample_rate, n_fft=cfg.n_fft, hop_length=cfg.hop_length,
+                                      n_mels=cfg.n_mels, power=2.0), device)
         pad = (cfg.n_fft - cfg.win_length) // 2
         window = torch.zeros(cfg.n_fft)
         window[pad : pad + cfg.win_length] = torch.hann_window(cfg.win_length, periodic=True)
-        self.window = window.to(device)
+        self.clip_window = window.to(device)
+        self.window = None  # frames come raw
+        self.frame_length, self.frame_hop = cfg.frame_length, cfg.frame_hop  # a block of BLOCK mel frames
         self.clip_cfg = cfg
         self.dct = torch.from_numpy(dct_matrix(cfg.n_mels, cfg.n_mels)).to(device)
 
-    def dct_means(self, signals: Sequence[np.ndarray]) -> torch.Tensor:
-        """[len(signals), n_mels]: per signal, the time mean of the DCT of log(mel + offset)."""
-        tensors = [torch.from_numpy(np.ascontiguousarray(s, dtype=np.float32)) for s in signals]
-        frames, n = self.frames(tensors)
-        offset = self.clip_cfg.log_offset
-        logmel = self.in_blocks(frames, self.FRAMES_PER_BLOCK, lambda block: self.mel(block).add_(offset).log_())
-        coeffs = torch.mm(logmel, self.dct)[:n]
-        counts = [self.cfg.n_frames(t.shape[0]) for t in tensors]
-        return torch.stack([part.double().mean(dim=0).float() for part in torch.split(coeffs, counts)])
-
-
-@lru_cache(maxsize=16)
-def _computer(cfg: ClipStatsConfig, device: str) -> ClipMelComputer:
-    return ClipMelComputer(cfg, torch.device(device))
-
-
-def waveform_stats(x: np.ndarray, bins: int = 256) -> np.ndarray:
-    """The eight waveform statistics of `WAVEFORM_STATS`, in float64. A constant signal has zero spread, so its
-    kurtosis and skewness are defined as 0 and its crest factor as 0 (silence) or 1 (DC)."""
-    x = np.asarray(x, dtype=np.float64)
-    mean = x.mean()
-    centred = x - mean
-    var = float(np.mean(centred**2))
-    std = var**0.5
-    rms = float(np.sqrt(np.mean(x**2)))
-    if var > 0:
-        skew = float(np.mean(centred**3) / var**1.5)
-        kurt = float(np.mean(centred**4) / var**2 - 3.0)
-    else:
-        skew = kurt = 0.0
-    peak = float(np.max(np.abs(x)))
-    crest = peak / rms if rms > 0 else 0.0
-    counts, _ = np.histogram(x, bins=bins)
-    p = counts[counts > 0] / counts.sum()
-    entropy = float(-(p * np.log(p)).sum())
-    return np.array([rms, kurt, skew, float(np.ptp(x)), crest, float(mean), std, entropy])
+    def __call__(self, frames: torch.Tensor) -> torch.Tensor:
+        cfg = self.clip_cfg
+        owned = frames[:, : BLOCK * cfg.hop_length]
+        x2 = owned * owned
+        sums = torch.stack([owned.sum(1), x2.sum(1), (x2 * owned).sum(1), (x2 * x2).sum(1)], dim=1)
+        extremes = torch.stack([owned.amin(dim=1), owned.amax(dim=1)], dim=1)
+        bins = ((owned.clamp(-1.0, 1.0) + 1.0) * (cfg.hist_bins / 2.0)).long().clamp_(max=cfg.hist_bins - 1)
+        counts = torch.zeros(frames.shape[0], cfg.hist_bins, device=frames.device).scatter_add_(
+            1, bins, torch.ones_like(owned))
+        # the block's BLOCK mel frames, one per row (row count stays a multiple of 16), windowed
+        sub = frames.unfold(1, cfg.n_fft, cfg.hop_length).reshape(-1, cfg.n_fft).mul_(self.clip_window)
+        logmel = self.in_blocks(sub, self.FRAMES_PER_BLOCK, lambda b: self.mel(b).add_(cfg.log_offset).log_())
+        dct_sums = torch.mm(logmel, self.dct).view(frames.shape[0], BLOCK, cfg.n_mels).sum(dim=1)
+        return torch.cat([dct_sums, sums, extremes, counts], dim=1)

@@ -111,48 +111,59 @@ class ModSpecConfig(WindowFeature):
         return LogMelConfig(sample_rate=self.sample_rate, n_fft=self.n_fft, hop_length=self.hop_length,
                             n_mels=self.n_mels, fmin=self.fmin, fmax=self.fmax, power=2.0)
 
-    def compute(self, signals: Sequence[np.ndarray], device: torch.device) -> torch.Tensor:
-        computer = _computer(self, str(device))
-        return torch.stack([computer.modspec(s) for s in signals])
+    def frame_front(self) -> "BandPowerConfig":
+        """Mel band powers per frame: computed once as audio arrives; each window reduces its own frames."""
+        return BandPowerConfig(sample_rate=self.sample_rate, n_fft=self.n_fft, hop_length=self.hop_length,
+                               n_mels=self.n_mels, fmin=self.fmin, fmax=self.fmax, power=2.0)
 
+    def reduce(self, frames: Sequence[torch.Tensor]) -> torch.Tensor:
+        """Each window on its own: its numbers cannot depend on which other windows were reduced with it."""
+        return torch.stack([self._modspec(f) for f in frames])
 
-class ModSpecComputer(MelComputer):
-    """`MelComputer` (frames, mel power) plus the modulation analysis of one window. Each window is computed on its
-    own: its numbers then cannot depend on which other windows were computed with it."""
-
-    def __init__(self, cfg: ModSpecConfig, device: torch.device) -> None:
-        super().__init__(cfg.mel_config(), device)
-        self.mod_cfg = cfg
-
-    def envelopes(self, signal: np.ndarray) -> torch.Tensor:
-        """[n_frames, n_mels] float64 band amplitudes (dB with `log_envelope`) of one signal."""
-        frames, n = self.frames([torch.from_numpy(np.ascontiguousarray(signal, dtype=np.float32))])
-        power = self.in_blocks(frames, self.FRAMES_PER_BLOCK, self.mel)[:n].double()
-        amplitude = power.clamp_(min=0.0).sqrt_()
-        return amplitude.add_(EPS).log10_().mul_(20.0) if self.mod_cfg.log_envelope else amplitude
-
-    def modspec(self, signal: np.ndarray) -> torch.Tensor:
-        """[dim] float32: dB modulation power per (band, modulation bin), band-major."""
-        env = self.envelopes(signal)
-        t = env.shape[0]
-        taper = torch.hann_window(t, periodic=False, dtype=torch.float64, device=env.device)
-        env = env - (taper @ env) / taper.sum()
-        m = self.mod_cfg.fft_length(t)
-        spec = torch.fft.rfft(env * taper[:, None], n=m, dim=0)
-        density = torch.view_as_real(spec).square().sum(dim=-1)  # [m // 2 + 1, n_mels]
-        pool = torch.from_numpy(_pool_matrix(self.mod_cfg, m)).to(env.device)
-        power = (pool.T @ density) * (2.0 / (m * float(taper.square().sum())))  # [n_mod_bins, n_mels]
-        return power.add_(EPS).log10_().mul_(10.0).T.reshape(-1).float()
+    def _modspec(self, power: torch.Tensor) -> torch.Tensor:
+        """[dim] float32 from one window's [n_frames, n_mels] mel powers: dB modulation power per (band,
+        modulation bin), band-major. In float64 (the dB envelope's modulation floor needs it) and band-major: one
+        contiguous rfft per band row is three times faster than a strided one, and the monitor runs this once per
+        window and hop for every stream."""
+        env = power.T.contiguous().double().clamp_(min=0.0).sqrt_()  # [n_mels, n_frames] band amplitudes
+        if self.log_envelope:
+            env = env.add_(EPS).log10_().mul_(20.0)
+        t = env.shape[1]
+        taper = _taper(t, str(env.device))
+        env = (env - (env @ taper)[:, None] / float(taper.sum())).mul_(taper)
+        m = self.fft_length(t)
+        spec = torch.view_as_real(torch.fft.rfft(env, n=m, dim=1))  # [n_mels, m // 2 + 1, 2]
+        density = spec[..., 0].square() + spec[..., 1].square()
+        pool = _pool_matrix(self, m, str(env.device))
+        mod_power = (density @ pool) * (2.0 / (m * float(taper.square().sum())))  # [n_mels, n_mod_bins]
+        return mod_power.add_(EPS).log10_().mul_(10.0).reshape(-1).float()
 
 
 @lru_cache(maxsize=64)
-def _pool_matrix(cfg: ModSpecConfig, m: int) -> np.ndarray:
+def _taper(t: int, device: str) -> torch.Tensor:
+    return torch.hann_window(t, periodic=False, dtype=torch.float64, device=device)
+
+
+@dataclass(frozen=True)
+class BandPowerConfig(LogMelConfig):
+    """Mel band power per frame (log-mel's framing and filterbank, without the dB): the modulation spectrum's front
+    end. Not a registered kind of its own: it exists inside `modspec`."""
+
+    kind = "modspec_bands"
+
+    def make_computer(self, device: torch.device) -> "BandPowerComputer":
+        return BandPowerComputer(self, device)
+
+
+class BandPowerComputer(MelComputer):
+    def __call__(self, frames: torch.Tensor) -> torch.Tensor:
+        return self.in_blocks(frames, self.FRAMES_PER_BLOCK, self.mel)
+
+
+@lru_cache(maxsize=64)
+def _pool_matrix(cfg: ModSpecConfig, m: int, device: str) -> torch.Tensor:
     """[m // 2 + 1, n_mod_bins] 0/1: which bins of an m-point rfft of the envelope fall in each modulation bin."""
     freqs = np.arange(m // 2 + 1) * cfg.frame_rate / m
     edges = cfg.mod_edges
-    return ((freqs[:, None] >= edges[None, :-1]) & (freqs[:, None] < edges[None, 1:])).astype(np.float64)
-
-
-@lru_cache(maxsize=16)
-def _computer(cfg: ModSpecConfig, device: str) -> ModSpecComputer:
-    return ModSpecComputer(cfg, torch.device(device))
+    inside = (freqs[:, None] >= edges[None, :-1]) & (freqs[:, None] < edges[None, 1:])
+    return torch.from_numpy(inside.astype(np.float64)).to(device)

@@ -55,7 +55,8 @@ def example_data(cls: type[Detector], seed: int = 7) -> dict:
                     x[:, i % spec.dim] += 6.0
                 x = x * scale + 100.0 * scale
             else:
-                x = rng.normal(size=(spec.n_vectors, RANK)) @ weights + 0.3 * rng.normal(size=(spec.n_vectors, spec.dim))
+                x = rng.normal(size=(spec.n_vectors, RANK)) @ weights
+                x = x + 0.3 * rng.normal(size=(spec.n_vectors, spec.dim))
             out.append(torch.tensor(x + 5.0 + 2.0 * k, dtype=torch.float32))
             ids.append(id_names[k])
         return out, (ids if spec.n_ids else None)

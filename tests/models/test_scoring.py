@@ -19,6 +19,9 @@ from tests.helpers import SR, machine_audio
 
 FEATURE = {"kind": "logmel", "sample_rate": SR, "n_fft": 256, "hop_length": 128, "n_mels": 24, "context": 2}
 BANDSTATS = {"kind": "test_bandstats", "sample_rate": SR, "n_fft": 256, "hop_length": 128, "n_mels": 12}
+# window-level kinds with a frame front end (the monitor reduces each window's frames)
+CLIPSTATS = {"kind": "clipstats", "sample_rate": SR, "n_fft": 256, "win_length": 200, "hop_length": 80, "n_mels": 32}
+MODSPEC = {"kind": "modspec", "sample_rate": SR, "n_fft": 256, "hop_length": 64, "n_mels": 16}
 WINDOW, HOP = 1.0, 0.25
 IDS = ["id_00", "id_01"]
 
@@ -29,6 +32,9 @@ CASES += [
     ("dcase_ae", FEATURE, ["test_window_centre"]),
     ("dcase_ae", BANDSTATS, []),
     ("test_window_quantile", BANDSTATS, ["pca"]),
+    ("iforest", CLIPSTATS, ["minmax", {"name": "ddae", "params": {"groups": [32, 8], "epochs": 2}}]),
+    ("modspec_graph", MODSPEC, []),
+    ("test_window_quantile", MODSPEC, []),
 ]
 
 
@@ -50,7 +56,8 @@ def make_bundle(out: Path, name: str, feature: dict, stages: list) -> Bundle:
     return load_bundle(out, device="cpu")
 
 
-@pytest.fixture(scope="module", params=CASES, ids=lambda c: "-".join([c[0], c[1]["kind"], *map(str, c[2])]))
+@pytest.fixture(scope="module", params=CASES,
+                ids=lambda c: "-".join([c[0], c[1]["kind"], *(s if isinstance(s, str) else s["name"] for s in c[2])]))
 def bundle(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Bundle:
     name, feature, stages = request.param
     return make_bundle(tmp_path_factory.mktemp("b") / "b", name, feature, stages)
@@ -69,8 +76,10 @@ def stream_windows(bundle: Bundle, x: np.ndarray, sizes: list[int], machine_id: 
 def window_start(bundle: Bundle, end: int) -> int:
     """The first sample of the window that ends at `end` (what the offline reference must see)."""
     f = bundle.feature
-    if f.window_level:
+    front = f.frame_front() if f.window_level else None
+    if f.window_level and front is None:  # the window's samples
         return end - int(round(WINDOW * SR))
+    f = front or f  # the window's vectors, or the frames it reduces
     w = f.n_vectors(int(round(WINDOW * SR)))
     return end - ((w - 1) * f.hop_samples + f.span_samples)
 
