@@ -9,6 +9,12 @@ then the largest real-time N found by doubling and bisection, and the memory per
 
     python -m benchmarks.bench_monitor                       # full run -> benchmarks/results/monitor_cpu.json
     python -m benchmarks.bench_monitor --levels 10 --seconds 10 --no-search   # a quick check
+    python -m benchmarks.bench_monitor --model iforest       # configs/iforest.yaml -> results/monitor_cpu_iforest.json
+    python -m benchmarks.bench_monitor --bundle DIR --name NAME   # an existing bundle, as it is
+
+`--model M` (with `--config PATH`, default configs/M.yaml) trains the measured bundle with that config on
+`--train-clips` synthetic normal fan clips (`asd-offline synth`, seed 0) instead of the quick DCASE AE; training-set
+size matters for the speed of some detectors (lof and ocsvm score against stored training vectors).
 
 Run it on an otherwise idle machine (`uptime`): other load shows up as lag.
 """
@@ -33,7 +39,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 
-from benchmarks.common import write_result
+from benchmarks.common import CONFIGS, write_result
 
 HOP_SECONDS = 1.0
 WINDOW_SECONDS = 10.0
@@ -41,9 +47,49 @@ SAMPLE_RATE = 16000
 MACHINES = ("fan", "pump", "valve")
 
 
-def prepare(work: Path, seconds: float) -> tuple[Path, list[Path]]:
-    """A DCASE AE bundle (quick training: its speed, not its accuracy, is measured) and three wavs long enough for
-    a whole level (a looping replay restarts its features at each loop, which would leave windows unscored)."""
+def enough_holdout(config: dict[str, Any], n_clips: int) -> float:
+    """The config's holdout share (default 0.1), raised so that `n_clips` training clips keep at least
+    `MIN_GAMMA_SCORES` held out: the threshold needs that many scores (an ensemble's normalisation at least 2)."""
+    from models.threshold import MIN_GAMMA_SCORES
+
+    return max(float(config.get("holdout", 0.1)), MIN_GAMMA_SCORES / n_clips)
+
+
+def load_model_config(model: str | None, config_path: Path | None) -> tuple[str, dict[str, Any]]:
+    """(model name, config) from `--model` / `--config`: the given file, else configs/MODEL.yaml, else the model's
+    defaults; an ensemble's member configs are read relative to its file, as `asd-offline train` reads them."""
+    from offline.train import load_config
+
+    path = config_path or CONFIGS / f"{model}.yaml"
+    config = load_config(path) if config_path or path.exists() else {"model": model}
+    name = model or config.get("model")
+    if not name:
+        raise SystemExit(f"{path}: the config names no model; give --model")
+    return str(name), config
+
+
+def train_model_bundle(work: Path, model: str, config: dict[str, Any], n_clips: int) -> Path:
+    """A bundle of `model` trained with `config` (its holdout raised where `n_clips` needs it) on `n_clips` synthetic
+    normal fan clips, through the recipe `asd-offline train` uses."""
+    from models.training.recipe import train_bundle
+    from offline.cli import main as offline_main
+    from offline.datasets.index import load_clips
+
+    data = work / "train_data"
+    rc = offline_main(["synth", str(data), "--machines", "fan", "--ids", "1", "--train-clips", str(n_clips),
+                       "--test-clips", "0", "--seed", "0"])
+    if rc != 0:
+        raise RuntimeError(f"asd-offline synth exited {rc}")
+    config = {**config, "holdout": enough_holdout(config, n_clips)}
+    return train_bundle(load_clips(data, machine="fan"), model, "fan", work / "bundle", config, device="cpu",
+                        progress=False)
+
+
+def prepare(work: Path, seconds: float, model: str | None = None, config: dict[str, Any] | None = None,
+            train_clips: int = 100, bundle: Path | None = None) -> tuple[Path, list[Path]]:
+    """A DCASE AE bundle (quick training: its speed, not its accuracy, is measured), or `model` trained with
+    `config` (`train_model_bundle`), or the given `bundle` as it is; and three wavs long enough for a whole level
+    (a looping replay restarts its features at each loop, which would leave windows unscored)."""
     import soundfile as sf
 
     from models.bundle import save_bundle
@@ -61,10 +107,32 @@ def prepare(work: Path, seconds: float) -> tuple[Path, list[Path]]:
         sf.write(path, x, SAMPLE_RATE, subtype="PCM_16")
         wavs.append(path)
         clips.append(x[: 10 * SAMPLE_RATE])
+    if bundle is not None:
+        return bundle, wavs
+    if model is not None:
+        return train_model_bundle(work, model, config or {"model": model}, train_clips), wavs
     det = det_cls(**{**det_cls.quick_params, "device": "cpu"}).fit(feature.extract_batch(clips))
     bundle = save_bundle(work / "bundle", det, feature, 1e9, {"method": "fixed"}, "mixed", ["00"],
                          {"clips": len(clips)}, window_seconds=WINDOW_SECONDS, hop_seconds=HOP_SECONDS)
     return bundle, wavs
+
+
+def bundle_summary(bundle: Path, args: argparse.Namespace) -> dict[str, Any]:
+    """What was measured, for a bundle other than the default: its model, feature, stages and training set."""
+    meta = json.loads((bundle / "bundle.json").read_text())
+    training = meta.get("training", {})
+    shipped = CONFIGS / f"{meta['model']['name']}.yaml"
+    if args.bundle is not None:
+        config = None  # trained elsewhere: its bundle.json says how
+    elif args.config is not None:
+        config = str(args.config)
+    else:
+        config = str(shipped.relative_to(ROOT)) if shipped.exists() else "the model's defaults"
+    return {"path": str(args.bundle) if args.bundle else None, "config": config,
+            "model": meta["model"]["name"], "feature": meta["feature"].get("kind"),
+            "stages": [s["name"] for s in meta.get("stages") or []], "members": list(meta.get("members") or []),
+            "n_fit_clips": training.get("n_fit_clips"), "n_vectors": training.get("n_vectors"),
+            "window_seconds": meta.get("window_seconds"), "hop_seconds": meta.get("hop_seconds")}
 
 
 def start_mosquitto(work: Path) -> tuple[subprocess.Popen[bytes] | None, str | None]:
@@ -207,8 +275,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--warmup", type=float, default=5.0, help="seconds before measuring (after the first window)")
     p.add_argument("--seconds", type=float, default=20.0, help="measured seconds per level")
     p.add_argument("--out", type=Path, default=None, help="results folder (default benchmarks/results)")
+    p.add_argument("--model", help="measure this model, trained with --config (default: the quick DCASE AE)")
+    p.add_argument("--config", type=Path, help="the model's training config (default configs/MODEL.yaml)")
+    p.add_argument("--train-clips", type=int, default=100, help="synthetic normal clips --model is trained on")
+    p.add_argument("--bundle", type=Path, help="measure this existing bundle instead of training one")
+    p.add_argument("--name", help="result name (default monitor_cpu, monitor_cpu_MODEL with --model/--bundle)")
     p.add_argument("--one-level", type=int, help=argparse.SUPPRESS)
-    p.add_argument("--bundle", type=Path, help=argparse.SUPPRESS)
     p.add_argument("--wavs", nargs="*", type=Path, help=argparse.SUPPRESS)
     p.add_argument("--mqtt", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
@@ -217,11 +289,23 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(one_level(args.one_level, args.bundle, args.wavs, args.mqtt, args.warmup, args.seconds)))
         return 0
 
+    model: str | None = None
+    config: dict[str, Any] | None = None
+    if args.bundle is not None:
+        args.bundle = args.bundle.resolve()  # the level children run in the repository root
+        label = json.loads((args.bundle / "bundle.json").read_text())["model"]["name"]
+    elif args.model is not None or args.config is not None:
+        model, config = load_model_config(args.model, args.config)
+        label = model
+    else:
+        label = "dcase_ae"
     load_at_start = os.getloadavg()
     print(f"load average {load_at_start} on {os.cpu_count()} cores", flush=True)
     with tempfile.TemporaryDirectory(prefix="bench-monitor-") as tmp:
         work = Path(tmp)
-        bundle, wavs = prepare(work, WINDOW_SECONDS + args.warmup + args.seconds + 5)
+        bundle, wavs = prepare(work, WINDOW_SECONDS + args.warmup + args.seconds + 5, model, config,
+                               args.train_clips, args.bundle)
+        measured = None if model is None and args.bundle is None else bundle_summary(bundle, args)
         broker, mqtt = start_mosquitto(work)
         try:
             results: dict[int, dict] = {}
@@ -240,7 +324,7 @@ def main(argv: list[str] | None = None) -> int:
     per_stream = memory_per_stream(levels)
     result = {
         "settings": {"sample_rate": SAMPLE_RATE, "window_seconds": WINDOW_SECONDS, "hop_seconds": HOP_SECONDS,
-                     "model": "dcase_ae", "block_seconds": 0.25, "warmup_seconds": args.warmup,
+                     "model": label, "block_seconds": 0.25, "warmup_seconds": args.warmup,
                      "measured_seconds": args.seconds, "mqtt": bool(mqtt), "prometheus": True,
                      "load_average_at_start": load_at_start, "load_average_at_end": os.getloadavg()},
         "max_real_time_streams": best,
@@ -249,7 +333,10 @@ def main(argv: list[str] | None = None) -> int:
         "targets": {"max_real_time_streams": ">= 500", "lag_p99_at_100_streams_s": "< 0.1",
                     "memory_per_stream_mib": "< 2"},
     }
-    path = write_result("monitor_cpu", result, args.out)
+    if measured is not None:  # the default (quick DCASE AE) result keeps its original keys
+        result["bundle"] = measured
+    name = args.name or ("monitor_cpu" if measured is None else f"monitor_cpu_{label}")
+    path = write_result(name, result, args.out)
     print(f"max real-time streams: {best}; memory per stream: {per_stream} MiB -> {path}")
     return 0
 

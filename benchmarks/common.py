@@ -23,11 +23,11 @@ def model_config(entry: str) -> tuple[str, dict[str, Any]]:
     `MODEL:ddae` swap the config's feature-cleaning autoencoder stage for that one (its network settings kept), and
     `MODEL:none` drops it: the study's "with and without" comparison without a config file per variant.
     """
-    import yaml
+    from offline.train import load_config
 
     model, _, cleaning = entry.partition(":")
     path = CONFIGS / f"{model}.yaml"
-    config = yaml.safe_load(path.read_text()) if path.exists() else {"model": model}
+    config = load_config(path) if path.exists() else {"model": model}  # an ensemble's member configs inlined
     if not cleaning:
         return model, config
     stages = [s if isinstance(s, dict) else {"name": s} for s in config.get("stages") or []]

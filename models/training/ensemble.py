@@ -89,9 +89,9 @@ def train_ensemble(
     from models.device import select_device
 
     members = member_specs((config.get("params") or {}).get("members"))
-    # a member's own threshold (only its bundle uses it) follows the ensemble's unless its config sets one
+    # a member's own threshold (only its bundle uses it, on the same held-out clips) follows the ensemble's
     inherit = {"threshold": config["threshold"]} if "threshold" in config else {}
-    specs = [(name, build_spec(model, {**inherit, **cfg}, device=device, progress=progress, epochs=epochs))
+    specs = [(name, build_spec(model, {**cfg, **inherit}, device=device, progress=progress, epochs=epochs))
              for name, model, cfg in members]
     spec = build_spec("ensemble", config, device=device, progress=progress, epochs=epochs,
                       feature_overrides={"dim": len(members)})

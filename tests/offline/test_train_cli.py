@@ -174,7 +174,8 @@ def test_train_bundle_api_with_holdout_zero(dataset: Path, tmp_path: Path) -> No
 
 
 @pytest.mark.parametrize("name", sorted(REGISTRY))
-def test_every_registered_detector_trains_quickly_with_epochs(name: str, dataset: Path, tmp_path: Path) -> None:
+def test_every_registered_detector_trains_quickly_with_epochs_and_scores(name: str, dataset: Path, tmp_path: Path,
+                                                                         capsys: pytest.CaptureFixture) -> None:
     cfg = tmp_path / "quick.yaml"
     quick = {k: v for k, v in REGISTRY[name].quick_params.items() if k != "epochs"}
     if REGISTRY[name].combines_members:
@@ -187,6 +188,14 @@ def test_every_registered_detector_trains_quickly_with_epochs(name: str, dataset
     assert b.name == name and b.meta["schema"] == 2
     if REGISTRY[name].iterative():
         assert b.meta["training"]["epochs_run"] == 2 and b.detector.get_params()["epochs"] == 2
+    # and scored by the CLI: one JSON line per file, the bundle's own numbers
+    wavs = sorted((dataset / "fan" / "test").glob("*_id_00_*.wav"))[:2]
+    capsys.readouterr()
+    assert main(["score", "--bundle", str(out), "--device", "cpu", "--id", "id_00", *map(str, wavs)]) == 0
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    expected = b.score_wavs([sf.read(w, dtype="float32")[0] for w in wavs], ids=["id_00"] * len(wavs))
+    assert [line["path"] for line in lines] == [str(w) for w in wavs]
+    np.testing.assert_allclose([line["score"] for line in lines], expected, rtol=1e-5)
 
 
 def test_a_one_pass_detector_says_it_ignores_epochs(dataset: Path, tmp_path: Path,
