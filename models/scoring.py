@@ -86,7 +86,7 @@ class _StreamState:
     machine_id: str | None
     n_in: int = 0  # input samples accepted since the last reset
     n_vec: int = 0  # vectors produced since the last reset
-    ring: Any = None  # last W vector scores (vector mode), vectors (window mode) or samples (audio mode)
+    ring: Any = None  # chunks holding the last W vector scores (vector mode), vectors or frames, or samples (audio)
     last: int | None = None  # position of the last emitted window's end; None: none emitted since reset
     whole: list[Any] = field(default_factory=list)  # window=None: everything of the clip
 
@@ -210,13 +210,25 @@ class StreamScorer:
 
     def _slide(self, st: _StreamState, new: Any, cat: Callable[[list[Any]], Any]) -> list[tuple[int, Any]]:
         """Append `new` items (scores, vectors or samples) to the stream's ring; return the end position and the
-        last W items of every window they complete, and keep the last W items as the ring."""
-        hist = new if st.ring is None else cat([st.ring, new])
-        first = st.n_vec - (len(hist) - len(new))  # items before hist[0]; read before `_ends` advances n_vec
-        windows = [(e, hist[e - first - self.window : e - first]) for e in self._ends(st, len(new))]
-        tail = hist[-self.window :]
-        st.ring = tail.copy() if isinstance(tail, np.ndarray) else tail  # not a view that keeps all of hist alive
-        return windows
+        last W items of every window they complete.
+
+        The ring is a list of chunks holding at least the last W items: chunks are joined only when a window is
+        complete (once per hop), not on every call, which for a 10 s window of frames fed 0.25 s blocks was a copy
+        of the whole window per block and stream; chunks wholly older than the last W items are dropped."""
+        parts = [new] if st.ring is None else [*st.ring, new]
+        held = sum(len(p) for p in parts)
+        first = st.n_vec - (held - len(new))  # items before parts[0][0]; read before `_ends` advances n_vec
+        ends = self._ends(st, len(new))
+        if ends:
+            hist = parts[0] if len(parts) == 1 else cat(parts)
+            windows = [(e, hist[e - first - self.window : e - first]) for e in ends]
+            tail = hist[-self.window :]
+            st.ring = [tail.copy() if isinstance(tail, np.ndarray) else tail]  # not a view keeping all of hist
+            return windows
+        while len(parts) > 1 and held - len(parts[0]) >= self.window:
+            held -= len(parts.pop(0))
+        st.ring = parts
+        return []
 
     def _end_sample(self, vector_end: int) -> int:
         """The input sample count at which the window ending with vector (frame) `vector_end` (1-based) is
