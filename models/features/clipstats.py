@@ -76,28 +76,25 @@ class ClipStatsConfig(WindowFeature):
                                 hist_bins=self.hist_bins)
 
     def reduce(self, frames: Sequence[torch.Tensor]) -> torch.Tensor:
-        """Windows of equal length are reduced together (the monitor's are), each one's sums on its own rows."""
-        out: list[torch.Tensor | None] = [None] * len(frames)
-        by_length: dict[int, list[int]] = {}
-        for i, f in enumerate(frames):
-            by_length.setdefault(int(f.shape[0]), []).append(i)
-        for t, idx in by_length.items():
-            part = self._reduce(torch.stack([frames[i] for i in idx]))
-            for k, i in enumerate(idx):
-                out[i] = part[k]
-        return torch.stack(out)  # type: ignore[arg-type]
-
-    def _reduce(self, F: torch.Tensor) -> torch.Tensor:
-        """[n, T, frame_dim] float32 frames -> [n, dim] float32. The sums over frames run in float32 (a float64
-        reduction was ten times slower, and the monitor runs this every hop for every stream): exact for the
-        histogram counts, ~1e-6 relative for the means and power sums; the statistics are then formed in float64."""
+        """Each window's blocks summed on their own (no stacked copy of all windows' blocks, which cost more than
+        the sums), then the statistics of all windows at once. The sums run in float32 (a float64 reduction was ten
+        times slower, and the monitor runs this every hop for every stream): exact for the histogram counts, ~1e-6
+        relative for the means and power sums; the statistics are then formed in float64."""
         m = self.n_mels
-        sums = F.sum(dim=1).double()  # [n, frame_dim]
-        dct_mean = sums[:, :m] / (F.shape[1] * BLOCK)
+        sums = torch.stack([f.sum(dim=0) for f in frames]).double()  # [n, frame_dim]
+        lo = torch.stack([f[:, m + 4].min() for f in frames]).double()
+        hi = torch.stack([f[:, m + 5].max() for f in frames]).double()
+        blocks = torch.tensor([float(f.shape[0]) for f in frames], dtype=torch.float64)
+        return self._statistics(sums, lo, hi, blocks)
+
+    def _statistics(self, sums: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor, blocks: torch.Tensor
+                    ) -> torch.Tensor:
+        """[n, frame_dim] block sums, extremes and block counts (float64) -> [n, dim] float32."""
+        m = self.n_mels
+        dct_mean = sums[:, :m] / (blocks * BLOCK)[:, None]
         s1, s2, s3, s4 = sums[:, m : m + 4].unbind(dim=1)
-        lo, hi = F[:, :, m + 4].amin(dim=1).double(), F[:, :, m + 5].amax(dim=1).double()
         counts = sums[:, m + 6 :]
-        n = float(F.shape[1] * BLOCK * self.hop_length)
+        n = blocks * (BLOCK * self.hop_length)
         mean = s1 / n
         var = (s2 / n - mean**2).clamp_(min=0.0)
         m3 = s3 / n - 3 * mean * s2 / n + 2 * mean**3
@@ -175,7 +172,7 @@ class ClipFrameComputer(MelComputer):
         counts = torch.zeros(frames.shape[0], cfg.hist_bins, device=frames.device).scatter_add_(
             1, bins, torch.ones_like(owned))
         # the block's BLOCK mel frames, one per row (row count stays a multiple of 16), windowed
-        sub = frames.unfold(1, cfg.n_fft, cfg.hop_length).reshape(-1, cfg.n_fft).mul_(self.clip_window)
+        sub = (frames.unfold(1, cfg.n_fft, cfg.hop_length) * self.clip_window).view(-1, cfg.n_fft)  # one pass
         logmel = self.in_blocks(sub, self.FRAMES_PER_BLOCK, lambda b: self.mel(b).add_(cfg.log_offset).log_())
         dct_sums = torch.mm(logmel, self.dct).view(frames.shape[0], BLOCK, cfg.n_mels).sum(dim=1)
         return torch.cat([dct_sums, sums, extremes, counts], dim=1)
