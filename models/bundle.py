@@ -120,7 +120,7 @@ class Bundle:
 
     def ordered_members(self) -> list["Bundle"]:
         """An ensemble's member bundles in the order of its score vector."""
-        return [self.members[m["name"]] for m in self.detector.get_params()["members"]]
+        return [self.members[name] for name in self.detector.member_names()]
 
     def check_lengths(self, wavs: Sequence[Any]) -> None:
         """ValueError for an input too short for one vector (of every member's feature, for an ensemble)."""
@@ -143,8 +143,7 @@ class Bundle:
         for mid in machine_ids if machine_ids is not None else [None] * n_streams:
             self.check_machine_id(mid)
         if self.members:
-            return EnsembleScorer(self.detector, self._member_groups(), n_streams, window, hop, dev, machine_ids,
-                                  check_id=self.check_machine_id)
+            return EnsembleScorer(self.detector, self._member_groups(), n_streams, window, hop, dev, machine_ids)
         return StreamScorer(self.feature, self.chain, n_streams, window, hop, dev, machine_ids)
 
     def _member_groups(self) -> list[tuple[FeatureConfig, MemberGroup]]:
@@ -402,8 +401,11 @@ def load_bundle(path: str | Path, device: str | torch.device = "auto") -> Bundle
         if members[m].sample_rate != sample_rate:
             raise BundleError(f"{json_path}: member {m!r} runs at {members[m].sample_rate} Hz, the ensemble at "
                               f"{sample_rate}")
-    if getattr(detector, "combines_members", False):
-        wanted = [str(e.get("name")) if isinstance(e, dict) else str(e) for e in detector.get_params()["members"]]
+    if detector.combines_members:
+        try:
+            wanted = detector.member_names()
+        except ValueError as exc:
+            raise BundleError(f"{json_path}: {exc}") from None
         if sorted(wanted) != sorted(members):
             raise BundleError(f"{json_path}: the ensemble combines members {wanted}, the bundle holds "
                               f"{sorted(members)}")

@@ -307,20 +307,12 @@ class MemberGroup:
     the feature is computed once for all of them, and each window's score is the ensemble's partial combination of
     their normalised scores (`ScoreEnsemble.partial`)."""
 
-    vector_level = False
+    vector_level = False  # what StreamScorer reads of a chain: window mode, no leading vector stages
     vector_stages: list["Stage"] = []
-    window_stages: list["Stage"] = []
 
     def __init__(self, ensemble: Detector, chains: Sequence[Chain], positions: Sequence[int]) -> None:
         self.detector = ensemble  # what StreamScorer checks machine ids against (members are checked by the bundle)
         self.chains, self.positions = list(chains), list(positions)
-
-    @property
-    def granularity(self) -> str:
-        return "window"
-
-    def transform_vectors(self, X: torch.Tensor) -> torch.Tensor:
-        return X
 
     def score_windows(self, windows: Sequence[torch.Tensor], ids: Sequence[str] | None = None,
                       transformed: bool = False) -> np.ndarray:
@@ -341,15 +333,13 @@ class EnsembleScorer:
 
     def __init__(self, ensemble: Detector, groups: Sequence[tuple[FeatureConfig, MemberGroup]], n_streams: int = 0,
                  window: float | None = None, hop: float | None = None, device: str | torch.device | None = "cpu",
-                 machine_ids: Sequence[str | None] | None = None, check_id: Callable[[str | None], None] | None = None
-                 ) -> None:
+                 machine_ids: Sequence[str | None] | None = None) -> None:
         self.ensemble = ensemble
         self.scorers = [StreamScorer(f, g, 0, window, hop, device) for f, g in groups]
         hops = {s.hop_samples for s in self.scorers}
         if len(hops) > 1:
             log.warning("ensemble members emit windows every %s samples (their feature hops do not divide the %s s "
                         "hop alike): each window pairs the members' oldest ready windows", sorted(hops), hop)
-        self._check_id = check_id
         self._pending: list[list[list[tuple[int, float]]]] = []
         for mid in machine_ids or [None] * n_streams:
             self.add_stream(mid)
@@ -358,8 +348,7 @@ class EnsembleScorer:
         return len(self._pending)
 
     def add_stream(self, machine_id: str | None = None) -> int:
-        if self._check_id is not None:
-            self._check_id(machine_id)
+        """Add a stream to every group (the bundle checks the id against its members: `Bundle.check_stream`)."""
         for s in self.scorers:
             s.add_stream(machine_id)
         self._pending.append([[] for _ in self.scorers])

@@ -92,12 +92,22 @@ class ScoreEnsemble(Detector):
     def is_fitted(self) -> bool:
         return hasattr(self, "mean_")
 
-    def normalized(self, X: torch.Tensor) -> torch.Tensor:
-        """`[N, M]` raw member scores -> `[N, M]` normalised by the held-out normal statistics."""
+    def member_names(self) -> list[str]:
+        """The members' names in score-vector order (training records every entry as {name, model, config})."""
+        try:
+            return [str(entry["name"]) for entry in self.members]
+        except (TypeError, KeyError):
+            raise ValueError(f"{self.name}: members must be {{name, model, config}} entries, got {self.members!r}"
+                             ) from None
+
+    def normalized(self, X: torch.Tensor, members: Sequence[int]) -> torch.Tensor:
+        """`[N, k]` raw scores of the members at positions `members` -> `[N, k]`, normalised by those members'
+        held-out normal statistics."""
+        idx = list(members)
         X = X.double()
         if self.normalize == "zscore":
-            return (X - self.mean_.to(X.device)) / self.std_.to(X.device)
-        ref = self.reference_.to(X.device).T.contiguous()  # [M, n]
+            return (X - self.mean_[idx].to(X.device)) / self.std_[idx].to(X.device)
+        ref = self.reference_[:, idx].to(X.device).T.contiguous()  # [k, n]
         below = torch.searchsorted(ref, X.T.contiguous(), right=False)
         not_above = torch.searchsorted(ref, X.T.contiguous(), right=True)
         return ((below + not_above).double() / (2.0 * ref.shape[1])).T
@@ -107,11 +117,9 @@ class ScoreEnsemble(Detector):
         `merge` turns into the ensemble score: a scorer whose members need different feature streams scores each
         group on its own. Weighted sum (`mean`) or weighted max (`max`) of the normalised scores."""
         self._check_fitted()
-        idx = torch.as_tensor(list(members), dtype=torch.long)
-        full = torch.zeros(raw.shape[0], self.dim_, dtype=torch.float64, device=raw.device)
-        full[:, idx] = raw.double()
-        Z = self.normalized(full)[:, idx]
-        w = self.weights_.to(Z.device)[idx]
+        idx = list(members)
+        Z = self.normalized(raw, idx)
+        w = self.weights_[idx].to(Z.device)
         return (Z * w).sum(dim=1) if self.combine == "mean" else (Z * w).max(dim=1).values
 
     def merge(self, partials: Sequence[float]) -> float:

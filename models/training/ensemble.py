@@ -23,8 +23,8 @@ from typing import Any, Sequence
 
 import torch
 
-from models.bundle import load_bundle
 from models.detectors import get_detector
+from models.scoring import Chain
 from models.training.recipe import (
     ClipLike,
     _featurise,
@@ -93,8 +93,10 @@ def train_ensemble(
     inherit = {"threshold": config["threshold"]} if "threshold" in config else {}
     specs = [(name, build_spec(model, {**cfg, **inherit}, device=device, progress=progress, epochs=epochs))
              for name, model, cfg in members]
-    spec = build_spec("ensemble", config, device=device, progress=progress, epochs=epochs,
-                      feature_overrides={"dim": len(members)})
+    # the bundle records each member whole (name, model, config read from its file), in score-vector order
+    entries = [{"name": name, "model": model, "config": cfg} for name, model, cfg in members]
+    spec = build_spec("ensemble", {**config, "params": {**(config.get("params") or {}), "members": entries}},
+                      device=device, progress=progress, epochs=epochs, feature_overrides={"dim": len(members)})
     chosen = select_training_clips(clips, machine, ids)
     fit_clips, hold_clips = split_holdout(chosen, spec.holdout, spec.seed, gamma=spec.threshold["method"] == "gamma")
     if len(hold_clips) < MIN_HELD_OUT:
@@ -117,7 +119,7 @@ def train_ensemble(
                      len(fit_f), len(hold_f))
             paths[name] = fit_bundle(Path(tmp) / name, mspec, fit_f, fit_ids, hold_f, hold_ids, machine=machine,
                                      summary={"data": data_source, "n_clips": len(chosen)})
-            raw.append(torch.from_numpy(load_bundle(paths[name], device="cpu").score_features(hold_f, hold_ids)))
+            raw.append(torch.from_numpy(Chain(mspec.stages, mspec.detector).score_windows(hold_f, hold_ids)))
         rows = list(torch.stack(raw, dim=1).float().split(1))  # one [1, M] score vector per held-out clip
         summary = {"data": data_source, "n_clips": len(chosen), "n_member_fit_clips": len(fit_clips),
                    "n_normalising_clips": len(hold_clips)}

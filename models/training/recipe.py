@@ -279,7 +279,7 @@ def fit_bundle(
     spec.detector.fit(feats, ids_fit)
     t_fit, cpu_fit = time.perf_counter() - t0, time.process_time() - cpu0
     chain = Chain(spec.stages, spec.detector)
-    train_scores = chain.score_windows(fit, ids_fit)
+    train_scores = spec.detector.score(feats, ids_fit)  # the fit clips through the stages already: no second pass
     scores = chain.score_windows(holdout, ids_hold) if holdout else train_scores
     scored_ids = ids_hold if holdout else ids_fit
     threshold, info = fit_threshold(scores, **spec.threshold)

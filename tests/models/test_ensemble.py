@@ -133,12 +133,13 @@ def test_cli_trains_and_scores_an_ensemble(trained: dict, capsys: pytest.Capture
     (tmp / "ens.yaml").write_text(json.dumps({
         "model": "ensemble", "holdout": 0.25, "threshold": "percentile:95",
         "params": {"members": [{"name": "a", "model": "iforest", "config": "iforest.yaml"},
-                               {"name": "b", "model": "ocsvm", "config": "ocsvm.yaml"}], "normalize": "rank"}}))
+                               {"model": "ocsvm", "config": "ocsvm.yaml"}], "normalize": "rank"}}))
     out = tmp / "cli_bundle"
     assert main(["train", "--data", str(trained["data"]), "--model", "ensemble", "--machine", "fan", "--config",
                  str(tmp / "ens.yaml"), "--out", str(out), "--no-progress", "--device", "cpu"]) == 0
     b = load_bundle(out, device="cpu")
     assert b.meta["model"]["params"]["members"][0]["config"]["params"] == {"n_estimators": 10}  # inlined
+    assert b.detector.member_names() == ["a", "ocsvm"] == sorted(b.members)  # an unnamed member is named by its model
     wav = tmp / "probe.wav"
     sf.write(wav, machine_audio(1.5, 99, anomalous=True, sr=SR), SR, subtype="PCM_16")
     capsys.readouterr()
