@@ -86,7 +86,9 @@ class _StreamState:
     machine_id: str | None
     n_in: int = 0  # input samples accepted since the last reset
     n_vec: int = 0  # vectors produced since the last reset
-    ring: Any = None  # chunks holding the last W vector scores (vector mode), vectors or frames, or samples (audio)
+    ring: list[Any] = field(default_factory=list)  # chunks holding at least the last W vector scores (vector
+    # mode), vectors or frames, or samples (audio)
+    held: int = 0  # items in `ring` (counted here: len() of hundreds of tensors per hop was a measurable cost)
     last: int | None = None  # position of the last emitted window's end; None: none emitted since reset
     whole: list[Any] = field(default_factory=list)  # window=None: everything of the clip
 
@@ -215,19 +217,21 @@ class StreamScorer:
         The ring is a list of chunks holding at least the last W items: chunks are joined only when a window is
         complete (once per hop), not on every call, which for a 10 s window of frames fed 0.25 s blocks was a copy
         of the whole window per block and stream; chunks wholly older than the last W items are dropped."""
-        parts = [new] if st.ring is None else [*st.ring, new]
-        held = sum(len(p) for p in parts)
-        first = st.n_vec - (held - len(new))  # items before parts[0][0]; read before `_ends` advances n_vec
-        ends = self._ends(st, len(new))
+        parts = st.ring
+        parts.append(new)
+        n_new = len(new)
+        first = st.n_vec - st.held  # items before parts[0][0]; read before `_ends` advances n_vec
+        st.held += n_new
+        ends = self._ends(st, n_new)
         if ends:
             hist = parts[0] if len(parts) == 1 else cat(parts)
             windows = [(e, hist[e - first - self.window : e - first]) for e in ends]
             tail = hist[-self.window :]
             st.ring = [tail.copy() if isinstance(tail, np.ndarray) else tail]  # not a view keeping all of hist
+            st.held = len(tail)
             return windows
-        while len(parts) > 1 and held - len(parts[0]) >= self.window:
-            held -= len(parts.pop(0))
-        st.ring = parts
+        while len(parts) > 1 and st.held - len(parts[0]) >= self.window:
+            st.held -= len(parts.pop(0))
         return []
 
     def _end_sample(self, vector_end: int) -> int:
