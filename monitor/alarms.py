@@ -57,12 +57,12 @@ class AlarmTracker:
             return self._maybe_raise(score, time, suppressed)
         return self._while_active(score, time, suppressed)
 
-    def close(self, time: float) -> list[AlarmEvent]:
-        """End an open alarm (shutdown, end of replay, source lost)."""
+    def close(self, time: float, reason: str = "") -> list[AlarmEvent]:
+        """End an open alarm (shutdown, end of replay, source lost); `reason` goes into the `end` event."""
         self._recent.clear()
         if self._id is None:
             return []
-        return [self._end(time, self._peak)]
+        return [self._end(time, self._peak, reason)]
 
     def _maybe_raise(self, score: float, time: float, suppressed: bool) -> list[AlarmEvent]:
         p = self.policy
@@ -97,14 +97,15 @@ class AlarmTracker:
             return [self._event("update", score, self._peak)]
         return []
 
-    def _end(self, time: float, score: float) -> AlarmEvent:
-        event = self._event("end", score, self._peak, end_time=time)
+    def _end(self, time: float, score: float, reason: str = "") -> AlarmEvent:
+        event = self._event("end", score, self._peak, end_time=time, reason=reason)
         self._id = None
         self._ended_at = time
         self._recent.clear()
         return event
 
-    def _event(self, kind: str, score: float, peak: float, end_time: float | None = None) -> AlarmEvent:
+    def _event(self, kind: str, score: float, peak: float, end_time: float | None = None,
+               reason: str = "") -> AlarmEvent:
         assert self._id is not None
         return AlarmEvent(
             type=kind,  # type: ignore[arg-type]
@@ -116,4 +117,5 @@ class AlarmTracker:
             threshold=self.threshold,
             start_time=self._start,
             end_time=end_time,
+            reason=reason,
         )

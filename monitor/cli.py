@@ -37,6 +37,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--duration", type=float, metavar="SECONDS",
                    help="stop each replay/demo stream after this much audio")
     p.add_argument("--node", metavar="NAME", help="instance name in MQTT topics (default: host name)")
+    p.add_argument("--state-dir", metavar="DIR",
+                   help="where open alarms survive a crash (default: $STATE_DIRECTORY, else ~/.local/state/asd-monitor)")
     p.add_argument("--id", dest="machine_id", metavar="MACHINE_ID",
                    help="machine id of the sources (e.g. id_00): selects per-id thresholds, required by per-id models")
     p.add_argument("-v", "--verbose", action="count", default=0, help="more logging (-vv for debug)")
@@ -52,6 +54,8 @@ def apply_args(cfg: MonitorConfig, args: argparse.Namespace) -> MonitorConfig:
         data["bundle"] = args.bundle
     if args.machine_id:
         data["machine_id"] = args.machine_id
+    if args.state_dir:
+        data["state_dir"] = args.state_dir
     data["sources"] += [{"device": d} for d in args.device] + [{"replay": [r]} for r in args.replay]
     if args.speed is not None:
         data["replay"]["speed"] = args.speed

@@ -218,8 +218,20 @@ class ReplayConfig(_Strict):
     duration_seconds: float | None = Field(None, gt=0, description="stop each replay after this much audio")
 
 
+def default_state_dir() -> Path:
+    """Where the daemon keeps what must survive a crash (open alarms): systemd's `StateDirectory=`
+    (`$STATE_DIRECTORY`), else `$XDG_STATE_HOME/asd-monitor`, else `~/.local/state/asd-monitor`."""
+    systemd = os.environ.get("STATE_DIRECTORY", "").split(":")[0]
+    if systemd:
+        return Path(systemd)
+    xdg = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return Path(xdg) / "asd-monitor"
+
+
 class MonitorConfig(_Strict):
     node: str = Field(default_factory=lambda: socket.gethostname().split(".")[0] or "asd")
+    state_dir: Path = Field(default_factory=default_state_dir,
+                            description="open alarms survive a crash here (default: see default_state_dir)")
     bundle: Path | None = None
     machine_id: str | None = Field(None, description="machine id of every source that does not give its own")
     sources: list[SourceConfig] = Field(default_factory=list)
@@ -314,6 +326,7 @@ def _resolve_paths(cfg: MonitorConfig, base: Path) -> MonitorConfig:
 
     if cfg.bundle is not None:
         cfg.bundle = rel(cfg.bundle) or cfg.bundle
+    cfg.state_dir = rel(cfg.state_dir) or cfg.state_dir
     for src in cfg.sources:
         if src.bundle is not None:
             src.bundle = rel(src.bundle) or src.bundle

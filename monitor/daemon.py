@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Protocol
@@ -17,6 +18,7 @@ import numpy as np
 
 from monitor.config import MonitorConfig, SourceConfig
 from monitor.events import CounterEvent, Event, Sink
+from monitor.journal import AlarmJournal, journal_path
 from monitor.pipeline import Pipeline
 from monitor.sinks.log import LogSink
 from monitor.sources import (
@@ -95,6 +97,7 @@ class Daemon:
         self._tui = tui
         self.stop_event = asyncio.Event()
         self._bundles: dict[Path, "Bundle"] = {}
+        self.journal = AlarmJournal(journal_path(cfg.state_dir, cfg.node))
 
     # -- bundles -----------------------------------------------------------------------------------------------------
 
@@ -116,7 +119,7 @@ class Daemon:
 
         sinks_cfg = self.cfg.sinks
         device = describe(select_device(self.cfg.pipeline.device))
-        sinks: list[Sink] = [*self._extra_sinks, LogSink()]
+        sinks: list[Sink] = [*self._extra_sinks, LogSink(), self.journal]
         if sinks_cfg.prometheus.enabled:
             from monitor.sinks.prometheus import PrometheusSink
 
@@ -225,6 +228,8 @@ class Daemon:
         self.fanout.sinks = sinks
         for sink in sinks:
             await sink.start()
+        for end in self.journal.stale_ends(time.time()):  # before this run's first alarm can be journalled
+            self.fanout.publish(end)
         for e in entries:
             if e.problem is not None:
                 e.source.set_state("error", e.problem)

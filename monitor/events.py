@@ -15,7 +15,9 @@ EVENT_SCHEMA = "asd-monitor/event/1"
 
 @dataclass(frozen=True)
 class AlarmEvent:
-    """An alarm's life: `new` when raised, `update` when its peak grows, `end` when it clears (or at shutdown)."""
+    """An alarm's life: `new` when raised, `update` when its peak grows, `end` when it clears. `reason` says why an
+    `end` came other than by the score falling: `shutdown`, the source's end (`end of input`, ...), or a previous run
+    that stopped without ending it (see `monitor.journal`); empty otherwise."""
 
     type: Literal["new", "update", "end"]
     id: str
@@ -26,6 +28,7 @@ class AlarmEvent:
     threshold: float
     start_time: float  # unix seconds
     end_time: float | None = None
+    reason: str = ""
     schema: str = EVENT_SCHEMA
 
     def to_dict(self) -> dict[str, Any]:

@@ -205,12 +205,12 @@ class Pipeline:
         """End every open alarm (shutdown)."""
         for _, slot in self._slots.values():
             if not slot.ended:
-                self._publish(slot.tracker.close(slot.last_time or time.time()))
+                self._publish(slot.tracker.close(slot.last_time or time.time(), "shutdown"))
 
     def end_source(self, name: str, detail: str) -> list[Event]:
         _, slot = self._slots[name]
         slot.ended = True
-        events: list[Event] = list(slot.tracker.close(slot.last_time or time.time()))
+        events: list[Event] = list(slot.tracker.close(slot.last_time or time.time(), detail))
         events.append(SourceStatus(name, "ended", detail, time.time()))
         return events
 

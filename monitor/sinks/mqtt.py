@@ -3,10 +3,16 @@ Assistant discovery.
 
 Topics (base `asd/<node>`):
   availability        `online` (retained, on every connect) / `offline` (retained; also the Last Will)
-  <source>/status     JSON {state, detail, time} from SourceStatus (retained)
+  <source>/status     JSON {source, state, detail, time} from SourceStatus (retained)
   <source>/alarm      `ON` / `OFF` from AlarmEvent new / end (retained)
   events              JSON of AlarmEvent.to_dict() (qos 1, not retained)
   <source>/score      JSON of ScoreUpdate.to_dict(), at most once per `score_interval` per source
+
+Retained state survives the daemon and the broker: on every connect (the first, and each reconnect after a broker
+restart, which without persistence forgets retained messages) the sink publishes `online`, the discovery configs
+and the last retained `status` and `alarm` of every source, as Frigate republishes its state topics. Configured
+sources start as alarm `OFF`: no alarm is open when a run starts, so a retained `ON` left by a killed run is
+replaced on the first connect (`monitor.journal` also sends that alarm's `end` event).
 
 `publish()` only appends to a bounded outbox; one task owns the connection, reconnects with back-off and drains
 the outbox in order. A message leaves the outbox only once the broker has acknowledged it, so a broker restart
@@ -103,8 +109,11 @@ class MqttSink:
         self._task: asyncio.Task[None] | None = None
         self._sources: dict[str, str] = {}  # topic-safe name -> original name, in order of appearance
         self._last_score: dict[str, float] = {}
+        self._retained: dict[str, _Message] = {}  # topic -> the last retained status/alarm message queued for it
         for source in sources:
             self._known(source)
+            topic = self.topic(source, "alarm")
+            self._retained[topic] = _Message(topic, b"OFF", settings.qos, True)
 
     def __repr__(self) -> str:
         return f"MqttSink(url={self.settings.url!r}, node={self.node!r}, queued={len(self._outbox)})"
@@ -137,14 +146,16 @@ class MqttSink:
     def publish(self, event: Event) -> None:
         """Queue the MQTT messages for one event; never blocks, never raises on broker trouble."""
         if isinstance(event, AlarmEvent):
-            self._announce(event.source)
+            if event.type != "end":  # an `end` may close a previous run's alarm of a source no longer configured
+                self._announce(event.source)
             if event.type in ("new", "end"):
                 state = b"ON" if event.type == "new" else b"OFF"
                 self._enqueue(_Message(self.topic(event.source, "alarm"), state, self.settings.qos, True))
             self._enqueue(_Message(self.events_topic, _json(event.to_dict()), 1, False))
         elif isinstance(event, SourceStatus):
             self._announce(event.source)
-            payload = _json({"state": event.state, "detail": event.detail, "time": event.time})
+            payload = _json({"source": event.source, "state": event.state, "detail": event.detail,
+                             "time": event.time})
             self._enqueue(_Message(self.topic(event.source, "status"), payload, self.settings.qos, True))
         elif isinstance(event, ScoreUpdate):
             self._announce(event.source)
@@ -182,6 +193,8 @@ class MqttSink:
     # ---- outbox -------------------------------------------------------------------------------------------
 
     def _enqueue(self, message: _Message) -> None:
+        if message.retain and message.topic.startswith(self.base + "/") and message.topic != self.availability_topic:
+            self._retained[message.topic] = message
         if len(self._outbox) >= self.settings.outbox_size and not self._make_room(message):
             return
         self._outbox.append(message)
@@ -265,6 +278,14 @@ class MqttSink:
             _Message(f"{prefix}/sensor/{node_id}/{source_id}_score/config", _json(score), 1, True),
         ]
 
+    async def _publish_retained(self, client: aiomqtt.Client) -> None:
+        """Every source's last retained status and alarm, except where the outbox holds a newer one: the outbox
+        is drained next and ends on the latest state."""
+        pending = {m.topic for m in self._outbox if m.retain}
+        for message in list(self._retained.values()):
+            if message.topic not in pending:
+                await self._send(client, message)
+
     async def _publish_discovery(self, client: aiomqtt.Client) -> None:
         for source in list(self._sources.values()):
             for message in self._discovery_messages(source):
@@ -331,6 +352,7 @@ class MqttSink:
         await self._send(client, _Message(self.availability_topic, b"online", 1, True))
         if self.settings.ha_discovery:
             await self._publish_discovery(client)
+        await self._publish_retained(client)
         drain = asyncio.create_task(self._drain(client))
         listen = asyncio.create_task(self._listen(client))
         try:

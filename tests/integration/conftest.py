@@ -440,7 +440,7 @@ ROOT = Path(__file__).resolve().parents[2]
 NODE = "itest"
 BASE = f"asd/{NODE}"
 EVENT_FIELDS = {"schema", "type", "id", "source", "model", "score", "peak_score", "threshold", "start_time",
-                "end_time"}
+                "end_time", "reason"}
 # k=3 of 5 quarter-second windows raise; 1 s below 0.9 x threshold clears
 ALARM_CONFIG = "alarms:\n  k: 3\n  n: 5\n  hold_seconds: 1.0\n  cooldown_seconds: 60\n"
 
@@ -471,8 +471,9 @@ def start_daemon(tmp_path: Path, *args: str, config: str = "", env: dict[str, st
     cfg.write_text(config)
     log = cfg.with_suffix(".log")
     with log.open("wb") as out:
+        state = [] if "--state-dir" in args else ["--state-dir", str(tmp_path / "state")]
         proc = subprocess.Popen([sys.executable, "-m", "monitor.cli", "--no-tui", "--node", NODE, "--config", str(cfg),
-                                 "-v", *args], cwd=ROOT, stdout=out, stderr=subprocess.STDOUT,
+                                 *state, "-v", *args], cwd=ROOT, stdout=out, stderr=subprocess.STDOUT,
                                 env={**(env or os.environ), "PYTHONUNBUFFERED": "1"})
     return DaemonProcess(proc, log)
 

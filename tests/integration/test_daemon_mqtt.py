@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
+from monitor.journal import STALE_REASON
 from tests.helpers import SR, machine_audio
 from tests.integration.conftest import ALARM_CONFIG, BASE, EVENT_FIELDS, start_daemon, wait_until
 
@@ -56,7 +57,8 @@ def test_anomalous_replay_raises_one_alarm_sequence_with_retained_state(tmp_path
         assert ev["peak_score"] >= ev["threshold"] and ev["start_time"] > 1e9
     end = events[-1].json()
     assert end["end_time"] > end["start_time"]
-    assert [m.payload for m in live.on(f"{BASE}/m1/alarm")] == [b"ON", b"OFF"]
+    # OFF first: a run starts with no open alarm, which replaces any ON a killed run left retained
+    assert [m.payload for m in live.on(f"{BASE}/m1/alarm")] == [b"OFF", b"ON", b"OFF"]
     availability = [m.payload for m in live.on(f"{BASE}/availability")]
     assert availability[0] == b"online" and availability[-1] == b"offline"
 
@@ -78,6 +80,36 @@ def test_last_will_is_published_when_the_daemon_is_killed(tmp_path, bundle_dir, 
     d.proc.send_signal(signal.SIGKILL)
     d.proc.wait(timeout=10)
     live.wait_for(f"{BASE}/availability", payload=b"offline", timeout=30)
+
+
+def test_an_alarm_open_when_the_daemon_is_killed_is_ended_by_the_next_run(tmp_path, bundle_dir, mosquitto,
+                                                                         mqtt_collector, daemons):
+    live = mqtt_collector([f"{BASE}/#"])
+    fault = anomalous_wav(tmp_path / "m1.wav", normal_s=1.0, fault_s=60.0, after_s=1.0)
+    d = start_daemon(tmp_path, "--bundle", str(bundle_dir), "--replay", str(fault), "--mqtt", mosquitto.url,
+                     config=ALARM_CONFIG)
+    daemons.append(d)
+    live.wait_for(f"{BASE}/m1/alarm", payload=b"ON", timeout=90)
+    [new] = [m.json() for m in live.wait_for(f"{BASE}/events")]
+    assert new["type"] == "new"
+    d.proc.send_signal(signal.SIGKILL)  # mid-alarm: no `end`, the retained alarm stays ON
+    d.proc.wait(timeout=10)
+    killed = mqtt_collector([f"{BASE}/m1/alarm"])
+    assert [m.payload for m in killed.wait_for(f"{BASE}/m1/alarm")] == [b"ON"]
+
+    quiet = tmp_path / "quiet.wav"  # the next run does not even monitor m1 any more
+    sf.write(quiet, machine_audio(3.0, 5), SR, subtype="FLOAT")
+    d2 = start_daemon(tmp_path, "--bundle", str(bundle_dir), "--replay", str(quiet), "--speed", "0",
+                      "--mqtt", mosquitto.url, config=ALARM_CONFIG)
+    daemons.append(d2)
+    assert d2.wait() == 0, d2.output()
+    live.wait_for(f"{BASE}/availability", count=2, payload=b"offline")
+    ends = [m.json() for m in live.on(f"{BASE}/events") if m.json()["type"] == "end"]
+    assert [(e["id"], e["source"], e["reason"]) for e in ends] == [(new["id"], "m1", STALE_REASON)]
+    assert ends[0]["end_time"] >= ends[0]["start_time"] == new["start_time"]
+    late = mqtt_collector([f"{BASE}/m1/alarm"])
+    assert [(m.payload, m.retain) for m in late.wait_for(f"{BASE}/m1/alarm")] == [(b"OFF", True)]
+    assert "left open by the previous run" in d2.output()
 
 
 @dataclass
@@ -160,7 +192,7 @@ def test_events_produced_while_the_broker_is_down_arrive_after_it_restarts_in_or
     types = [e["type"] for e in events]
     assert types[0] == "new" and types[-1] == "end" and set(types[1:-1]) <= {"update"}
     assert events == [{k: v for k, v in e.items() if k != "kind"} for e in journal_events]  # all, in order
-    assert collapse(collector.on(f"{BASE}/m1/alarm")) == [b"ON", b"OFF"]
+    assert collapse(collector.on(f"{BASE}/m1/alarm")) == [b"OFF", b"ON", b"OFF"]  # OFF: the start-up state
 
 
 def collapse(items: list) -> list:
@@ -181,5 +213,6 @@ def test_sigterm_ends_open_alarms_and_goes_offline(tmp_path, bundle_dir, mosquit
     live.wait_for(f"{BASE}/availability", payload=b"offline")
     types = [m.json()["type"] for m in live.on(f"{BASE}/events")]
     assert types[0] == "new" and types[-1] == "end"
-    assert [m.payload for m in live.on(f"{BASE}/m1/alarm")] == [b"ON", b"OFF"]
+    # OFF first: a run starts with no open alarm, which replaces any ON a killed run left retained
+    assert [m.payload for m in live.on(f"{BASE}/m1/alarm")] == [b"OFF", b"ON", b"OFF"]
     assert "received SIGTERM" in d.output()

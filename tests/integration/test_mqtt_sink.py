@@ -77,11 +77,11 @@ async def test_topics_payloads_and_retain_flags(make_sink, mqtt_collector) -> No
     first = events[0].json()
     assert first == {"type": "new", "id": "fan-1", "source": "fan", "model": "dcase_ae", "score": 2.0,
                      "peak_score": 2.5, "threshold": 1.0, "start_time": 101.0, "end_time": None,
-                     "schema": EVENT_SCHEMA}
+                     "reason": "", "schema": EVENT_SCHEMA}
     assert events[2].json()["end_time"] == 111.0
     assert [m.payload for m in live.on(f"{BASE}/fan/alarm")] == [b"ON", b"OFF"]
     [status] = live.on(f"{BASE}/fan/status")
-    assert status.json() == {"state": "online", "detail": "capturing", "time": 5.0}
+    assert status.json() == {"source": "fan", "state": "online", "detail": "capturing", "time": 5.0}
     [scored] = live.on(f"{BASE}/fan/score")
     assert scored.json()["score"] == 0.25 and scored.json()["level_dbfs"] == -23.5
     assert live.on(f"{BASE}/availability")[0].payload == b"online"
@@ -173,6 +173,33 @@ async def test_outbox_delivers_in_order_across_a_broker_restart(mosquitto, make_
     expected = [x for n in range(20) for x in ("ON" if n % 2 == 0 else "OFF", f"fan-{n}")]
     assert received == expected
     assert sink.stats.connects == 2 and sink.stats.errors >= 1 and sink.stats.dropped == 0
+
+
+async def test_retained_state_is_republished_after_a_broker_restart_without_persistence(
+    mosquitto, make_sink, mqtt_collector
+) -> None:
+    sink = await make_sink(sink_kwargs={"sources": ["fan", "pump"]})
+    sink.publish(SourceStatus("fan", "online", "", 1.0))
+    sink.publish(alarm("new", n=1))
+    first = mqtt_collector([f"{BASE}/#"])
+    await first.await_for(f"{BASE}/fan/alarm", payload=b"ON")
+    await first.await_for(f"{BASE}/pump/alarm", payload=b"OFF")  # configured, no alarm: OFF from the start
+    mosquitto.stop()
+    await until(lambda: not sink.connected, 10, "the sink to notice the broker is gone")
+    mosquitto.start()  # `persistence false`: the broker has forgotten every retained message
+    await until(lambda: sink.connected and sink.stats.connects == 2, 30, "the sink to reconnect")
+    expected = {f"{BASE}/fan/alarm": b"ON", f"{BASE}/pump/alarm": b"OFF", f"{BASE}/availability": b"online"}
+    topics = [*expected, f"{BASE}/fan/status", f"homeassistant/binary_sensor/asd_{NODE}/pump_alarm/config",
+              f"homeassistant/sensor/asd_{NODE}/fan_score/config"]
+    seen = mqtt_collector(topics)
+    for topic in topics:
+        await seen.await_for(topic, payload=expected.get(topic))
+    late = mqtt_collector(topics)  # everything seen is now retained by the broker, not only passing by
+    for topic in topics:
+        [m] = await late.await_for(topic)
+        assert m.retain and m.payload == expected.get(topic, m.payload), topic
+    assert late.on(f"{BASE}/fan/status")[0].json()["state"] == "online"
+    assert sink.stats.dropped == 0
 
 
 async def test_close_waits_for_the_broker_to_deliver_the_outbox(mosquitto, make_sink, mqtt_collector) -> None:

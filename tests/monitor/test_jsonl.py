@@ -38,7 +38,7 @@ async def test_alarms_and_status_only_by_default(tmp_path: Path) -> None:
         ("status", "online"), ("alarm", "new"), ("alarm", "end")]
     assert records[2] == {"kind": "alarm", "type": "end", "id": "fan-1", "source": "fan", "model": "dcase_ae",
                           "score": 0.5, "peak_score": 1.9, "threshold": 1.0, "start_time": 3.0, "end_time": 8.0,
-                          "schema": EVENT_SCHEMA}
+                          "reason": "", "schema": EVENT_SCHEMA}
 
 
 async def test_scores_and_counters_when_asked_and_appends(tmp_path: Path) -> None:
