@@ -14,8 +14,6 @@ import sys
 from models.runtime import keep_freed_memory
 from monitor.config import ConfigError, MonitorConfig, load_config
 
-DEMO_PROMETHEUS_PORT = 9108
-
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="asd-monitor", description=__doc__.splitlines()[0])
@@ -101,8 +99,7 @@ def run(args: argparse.Namespace) -> int:
             from monitor.demo import demo_streams, load_or_train
 
             if args.prometheus_port is None and not cfg.sinks.prometheus.enabled:
-                cfg.sinks.prometheus.enabled = True
-                cfg.sinks.prometheus.port = DEMO_PROMETHEUS_PORT
+                cfg.sinks.prometheus.enabled = True  # on its default port
             synth_bundle = load_or_train()
             synth = demo_streams()
         tui = cfg.sinks.tui.enabled and sys.stdout.isatty()

@@ -89,9 +89,15 @@ class SourceConfig(_Strict):
         return self
 
 
+# Prometheus' registry of default exporter ports has allocated all of 9100-9999 and continues upwards from 10000
+# (https://github.com/prometheus/prometheus/wiki/Default-port-allocations); a port well clear of both, and below
+# Linux's ephemeral range, cannot collide with a registered exporter on the same host.
+DEFAULT_PROMETHEUS_PORT = 18464
+
+
 class PrometheusConfig(_Strict):
     enabled: bool = False
-    port: int = Field(9108, ge=0, le=65535)
+    port: int = Field(DEFAULT_PROMETHEUS_PORT, ge=0, le=65535)
     host: str = "127.0.0.1"
 
 

@@ -114,21 +114,26 @@ class Daemon:
 
     # -- sinks -------------------------------------------------------------------------------------------------------
 
-    def _build_sinks(self, names: list[str], model: str) -> list[Sink]:
+    def _build_sinks(self, sources: list[tuple[str, str | None]], model: str) -> list[Sink]:
+        """The configured sinks for `sources` ((name, model name, None where its bundle failed)); `model` names
+        every bundle in use."""
         from models.device import describe, select_device
 
         sinks_cfg = self.cfg.sinks
         device = describe(select_device(self.cfg.pipeline.device))
         sinks: list[Sink] = [*self._extra_sinks, LogSink(), self.journal]
+        prometheus = None
         if sinks_cfg.prometheus.enabled:
             from monitor.sinks.prometheus import PrometheusSink
 
             prom = sinks_cfg.prometheus
-            sinks.append(PrometheusSink(prom.port, prom.host, model=model, device=device))
+            prometheus = PrometheusSink(prom.port, prom.host, model=model, device=device, sources=sources)
+            sinks.append(prometheus)
         if sinks_cfg.mqtt is not None:
             from monitor.sinks.mqtt import MqttSink
 
-            sinks.append(MqttSink(sinks_cfg.mqtt, self.cfg.node, sources=names, on_counter=self.fanout.publish))
+            sinks.append(MqttSink(sinks_cfg.mqtt, self.cfg.node, sources=[name for name, _ in sources],
+                                  on_counter=self.fanout.publish))
         if sinks_cfg.jsonl.path is not None:
             from monitor.sinks.jsonl import JsonlSink
 
@@ -138,6 +143,8 @@ class Daemon:
             from monitor.sinks.tui import TuiSink
 
             sinks.append(TuiSink(device=device))
+        if prometheus is not None:  # error counters of every sink exist from the start
+            prometheus.expect_sinks(s.name for s in sinks)
         return sinks
 
     # -- sources -------------------------------------------------------------------------------------------------
@@ -224,7 +231,8 @@ class Daemon:
         for e in good:
             assert e.bundle is not None
             pipeline.add_source(e.source, e.bundle, e.threshold)
-        sinks = self._build_sinks([e.source.name for e in entries], ",".join(pipeline.models))
+        sinks = self._build_sinks([(e.source.name, e.bundle.name if e.bundle is not None else None) for e in entries],
+                                  ",".join(pipeline.models))
         self.fanout.sinks = sinks
         for sink in sinks:
             await sink.start()

@@ -4,6 +4,10 @@ It keeps its own `CollectorRegistry` (never the process-global one, so tests and
 and serves it with prometheus_client's threaded HTTP server, bound to 127.0.0.1 unless told otherwise.
 Labels are `source` and `model` (both bounded by the configuration); sink errors are labelled by `sink`.
 `publish()` only updates in-memory metrics, which is cheap and never blocks on the network.
+
+Every configured source's series exist from start-up (counters at 0, `asd_source_state` with each state): a rule
+or panel over `increase(asd_alarms_total[...])` then sees the first alarm, and a source that never delivered audio
+is listed rather than absent. The process collector adds `process_*` (CPU, memory, open files, start time).
 """
 
 from __future__ import annotations
@@ -12,11 +16,20 @@ import importlib.metadata
 import logging
 import math
 import threading
-from typing import Any
+from typing import Any, Iterable, get_args
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, start_http_server
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    Info,
+    PlatformCollector,
+    ProcessCollector,
+    start_http_server,
+)
 
-from monitor.events import AlarmEvent, CounterEvent, Event, ScoreUpdate, SourceStatus
+from monitor.events import AlarmEvent, CounterEvent, Event, ScoreUpdate, SourceState, SourceStatus
 
 log = logging.getLogger(__name__)
 
@@ -24,6 +37,7 @@ log = logging.getLogger(__name__)
 # models on CPU); the buckets resolve that range finely enough for p50/p99.
 INFERENCE_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 UP_STATES = frozenset({"online", "silent", "clipping"})
+STATES: tuple[str, ...] = get_args(SourceState)
 
 
 def _version() -> str:
@@ -46,7 +60,10 @@ class PrometheusSink:
         *,
         model: str = "",
         device: str = "",
+        sources: Iterable[tuple[str, str | None]] = (),
     ) -> None:
+        """`sources`: (name, model) of every configured source (model None: its bundle could not be loaded), whose
+        series are created now."""
         self.host = host
         self._requested_port = port
         self.registry = registry if registry is not None else CollectorRegistry(auto_describe=True)
@@ -71,6 +88,8 @@ class PrometheusSink:
                          ["source"], registry=r)
         self.source_up = Gauge("asd_source_up", "1 while the source delivers audio, else 0.", ["source"],
                                registry=r)
+        self.source_state = Gauge("asd_source_state", "1 for the state the source is in, 0 for the others.",
+                                  ["source", "state"], registry=r)
         self.dropped = Counter("asd_audio_dropped_blocks", "Audio blocks dropped because the queue was full.",
                                ["source"], registry=r)
         self.overflows = Counter("asd_audio_input_overflows", "Input overflows reported by the audio driver.",
@@ -89,6 +108,25 @@ class PrometheusSink:
         }
         self.build = Info("asd_build", "Software version, model and compute device of this monitor.", registry=r)
         self.build.info({"version": _version(), "model": model, "device": device})
+        ProcessCollector(registry=r)
+        PlatformCollector(registry=r)
+        for source, source_model in sources:
+            self._create_series(source, source_model)
+
+    def expect_sinks(self, names: Iterable[str]) -> None:
+        """Create `asd_sink_errors_total` for each sink now, at 0 (the daemon calls it once its sinks exist)."""
+        for name in names:
+            self.sink_errors.labels(name)
+
+    def _create_series(self, source: str, model: str | None) -> None:
+        for counter in self._counters.values():
+            counter.labels(source)
+        self.source_up.labels(source)
+        for state in STATES:
+            self.source_state.labels(source, state)
+        if model is not None:
+            for metric in (self.alarms, self.windows, self.alarm_active):
+                metric.labels(source, model)
 
     @property
     def port(self) -> int:
@@ -133,6 +171,8 @@ class PrometheusSink:
             self.alarm_active.labels(*labels).set(0.0 if event.type == "end" else 1.0)
         elif isinstance(event, SourceStatus):
             self.source_up.labels(event.source).set(1.0 if event.state in UP_STATES else 0.0)
+            for state in STATES:
+                self.source_state.labels(event.source, state).set(1.0 if state == event.state else 0.0)
         elif isinstance(event, CounterEvent):
             if event.name == "sink_errors":
                 self.sink_errors.labels(event.labels.get("sink", event.source)).inc(event.amount)

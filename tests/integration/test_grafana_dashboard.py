@@ -1,4 +1,5 @@
-"""Every PromQL query of the shipped Grafana dashboard returns data from a real Prometheus scraping the sink."""
+"""Every PromQL query of the shipped Grafana dashboard (panels, variables, alarm annotations) returns data from a real
+Prometheus scraping two sinks, two nodes whose sources share names, and keeps the nodes apart."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import pytest
 
 from monitor.events import AlarmEvent, CounterEvent, ScoreUpdate, SourceStatus
 from monitor.sinks.prometheus import PrometheusSink
+from tests.integration.conftest import wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
 
@@ -26,18 +28,21 @@ def dashboard() -> dict:
 
 
 def panel_queries() -> list[tuple[str, str]]:
-    """(panel title, expr) for every target of every panel, rows included."""
+    """(panel title, expr) for every target of every panel, rows included, and every annotation query."""
     def walk(panels: list[dict]):
         for panel in panels:
             yield panel
             yield from walk(panel.get("panels", []))
-    return [(p["title"], t["expr"]) for p in walk(dashboard()["panels"]) for t in p.get("targets", [])]
+    board = dashboard()
+    return [(p["title"], t["expr"]) for p in walk(board["panels"]) for t in p.get("targets", [])] + [
+        (f"annotation {a['name']}", a["expr"]) for a in board["annotations"]["list"]]
 
 
-def expand(expr: str, source: str) -> str:
+def expand(expr: str, node: str, source: str = ".*") -> str:
     for name, value in BUILTINS.items():
         expr = expr.replace(name, value)
-    expr = expr.replace("$source", source).replace("${source}", source)
+    for name, value in (("node", node), ("source", source)):
+        expr = expr.replace(f"${name}", value).replace(f"${{{name}}}", value)
     assert "$" not in expr, f"unexpanded template variable in {expr!r}"
     return expr
 
@@ -62,8 +67,12 @@ def feed_forever(sink: PrometheusSink, stop: threading.Event) -> None:
 def test_dashboard_structure() -> None:
     board = dashboard()
     variables = {v["name"]: v for v in board["templating"]["list"]}
+    assert list(variables) == ["datasource", "node", "source"]  # source values depend on the chosen nodes
     assert variables["datasource"]["type"] == "datasource" and variables["datasource"]["query"] == "prometheus"
-    assert variables["source"]["includeAll"] and variables["source"]["allValue"] == ".*"
+    for name in ("node", "source"):
+        assert variables[name]["includeAll"] and variables[name]["allValue"] == ".*" and variables[name]["multi"]
+    [annotation] = board["annotations"]["list"]
+    assert annotation["datasource"]["uid"] == "${datasource}" and "asd_alarm_active" in annotation["expr"]
     ids = [p["id"] for p in board["panels"]]
     assert len(ids) == len(set(ids))
     for panel in board["panels"]:
@@ -75,29 +84,42 @@ def test_dashboard_structure() -> None:
         assert needed in exprs, needed
 
 
-async def test_every_panel_query_returns_data(prometheus_server) -> None:
-    sink = PrometheusSink(0, model="dcase_ae", device="cpu")
-    await sink.start()
+async def test_every_query_returns_data_and_keeps_the_nodes_apart(prometheus_server) -> None:
+    sinks = [PrometheusSink(0, model="dcase_ae", device="cpu", sources=[(s, "dcase_ae") for s in SOURCES])
+             for _ in range(2)]  # two nodes, both with a `fan` and a `pump`
     stop = threading.Event()
-    feeder = threading.Thread(target=feed_forever, args=(sink, stop), daemon=True)
-    feeder.start()
+    feeders = []
+    for sink in sinks:
+        await sink.start()
+        feeders.append(threading.Thread(target=feed_forever, args=(sink, stop), daemon=True))
+        feeders[-1].start()
     try:
-        prometheus = prometheus_server([f"127.0.0.1:{sink.port}"])
-        variable = dashboard()["templating"]["list"][1]["definition"]
-        metric, label = re.fullmatch(r"label_values\((\w+), (\w+)\)", variable).groups()
-        assert prometheus.query(metric)  # wait for the first scrape
-        assert sorted(prometheus.api(f"label/{label}/values", **{"match[]": metric})) == sorted(SOURCES)
+        nodes = [f"127.0.0.1:{sink.port}" for sink in sinks]
+        prometheus = prometheus_server(nodes)
+        variables = {v["name"]: v["definition"] for v in dashboard()["templating"]["list"][1:]}
+        # rates and increases need a few scrapes of each node
+        wait_until(lambda: len(prometheus.query("count_over_time(up[1m]) >= 4")) == 2, 60, "both nodes scraped")
+        for name, definition in variables.items():
+            metric, label = re.fullmatch(r"label_values\((.+), (\w+)\)", expand(definition, nodes[1])).groups()
+            assert sorted(prometheus.api(f"label/{label}/values", **{"match[]": metric})) == sorted(
+                nodes if name == "node" else SOURCES), name
 
         for title, expr in panel_queries():
-            for source in (".*", "pump"):
-                result = prometheus.query(expand(expr, source))
-                values = [float(r["value"][1]) for r in result]
-                assert any(math.isfinite(v) for v in values), (title, expr, result)
-                seen = {r["metric"].get("source") for r in result} - {None}
-                if "by (source)" in expr or expr.startswith("asd_anomaly") or expr.startswith("asd_audio"):
-                    expected = set(SOURCES) if source == ".*" else {source}
-                    assert seen == expected, (title, expr, seen)
+            for node in (".*", nodes[1]):
+                for source in (".*", "pump"):
+                    result = prometheus.query(expand(expr, node, source))
+                    values = [float(r["value"][1]) for r in result]
+                    assert any(math.isfinite(v) for v in values), (title, expr, result)
+                    instances = {r["metric"].get("instance") for r in result}
+                    assert instances == (set(nodes) if node == ".*" else {node}), (title, expr, node, instances)
+                    if 'source=~"$source"' in expr and ("by (instance, source)" in expr or expr.startswith("asd_")):
+                        seen = {(r["metric"]["instance"], r["metric"]["source"]) for r in result}
+                        want = {(n, s) for n in (nodes if node == ".*" else [node])
+                                for s in (SOURCES if source == ".*" else [source])}
+                        assert seen == want, (title, expr, seen)
     finally:
         stop.set()
-        feeder.join(timeout=5)
-        await sink.close()
+        for feeder in feeders:
+            feeder.join(timeout=5)
+        for sink in sinks:
+            await sink.close()

@@ -1,4 +1,5 @@
-"""The Prometheus sink on a real HTTP port: exposition content, `promtool check metrics`, a real scrape."""
+"""The Prometheus sink on a real HTTP port: exposition content, `promtool check metrics`, a real scrape; the deploy
+files: the scrape config's port, `promtool check`/`test rules` on the alert rules."""
 
 from __future__ import annotations
 
@@ -11,8 +12,11 @@ from pathlib import Path
 import pytest
 from prometheus_client import generate_latest
 
+import yaml
+
+from monitor.config import PrometheusConfig
 from monitor.events import AlarmEvent, CounterEvent, ScoreUpdate, SourceStatus
-from monitor.sinks.prometheus import PrometheusSink
+from monitor.sinks.prometheus import STATES, PrometheusSink
 from tests.conftest import skip_or_fail
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
@@ -82,6 +86,29 @@ async def test_exposition_values_follow_events(sink: PrometheusSink) -> None:
     assert 'device="cpu"' in text and 'model="dcase_ae"' in text
 
 
+async def test_configured_sources_have_their_series_before_any_event() -> None:
+    sink = PrometheusSink(0, model="dcase_ae", sources=[("fan", "dcase_ae"), ("pump", None)])
+    await sink.start()
+    try:
+        text = scrape(sink)
+        assert sample(text, 'asd_alarms_total{model="dcase_ae",source="fan"}') == 0.0  # increase() sees alarm 1
+        assert sample(text, 'asd_alarm_active{model="dcase_ae",source="fan"}') == 0.0
+        for source in ("fan", "pump"):  # pump's bundle failed: its source-level series exist, no model series
+            assert sample(text, f'asd_source_up{{source="{source}"}}') == 0.0
+            assert sample(text, f'asd_input_errors_total{{source="{source}"}}') == 0.0
+            assert [sample(text, f'asd_source_state{{source="{source}",state="{st}"}}') for st in STATES] == [
+                0.0] * len(STATES)
+        assert 'source="pump"' not in "".join(line for line in text.splitlines() if line.startswith("asd_alarms"))
+        assert set(STATES) == {"online", "offline", "silent", "clipping", "error", "ended"}
+        assert "process_resident_memory_bytes" in text and "process_start_time_seconds" in text
+        sink.publish(SourceStatus("fan", "silent", "level -80 dBFS", time=2.0))
+        text = scrape(sink)
+        assert {st: sample(text, f'asd_source_state{{source="fan",state="{st}"}}') for st in STATES} == {
+            st: float(st == "silent") for st in STATES}
+    finally:
+        await sink.close()
+
+
 async def test_promtool_check_metrics_has_no_complaint(sink: PrometheusSink) -> None:
     promtool = shutil.which("promtool")
     if promtool is None:
@@ -107,9 +134,16 @@ def test_deploy_scrape_config_and_rules_are_valid_and_use_real_metrics() -> None
     if promtool is None:
         skip_or_fail("`promtool` is not installed")
     deploy = Path(__file__).resolve().parents[2] / "deploy"
-    result = subprocess.run([promtool, "check", "config", str(deploy / "prometheus.yml")], capture_output=True,
-                            text=True, timeout=30)
-    assert result.returncode == 0, result.stdout + result.stderr
+    for args in (["check", "config", "prometheus.yml"], ["check", "rules", "asd-monitor.rules.yml"],
+                 ["test", "rules", "asd-monitor.rules.test.yml"]):  # the last: every rule's unit tests
+        result = subprocess.run([promtool, *args], capture_output=True, text=True, timeout=60, cwd=deploy)
+        assert result.returncode == 0, result.stdout + result.stderr
+    scrape_config = yaml.safe_load((deploy / "prometheus.yml").read_text())
+    targets = [t for job in scrape_config["scrape_configs"] for sc in job["static_configs"] for t in sc["targets"]]
+    assert targets and all(t.rsplit(":", 1)[1] == str(PrometheusConfig().port) for t in targets)
+    tested = set(re.findall(r"alertname: (\w+)", (deploy / "asd-monitor.rules.test.yml").read_text()))
+    alerts = set(re.findall(r"alert: (\w+)", (deploy / "asd-monitor.rules.yml").read_text()))
+    assert alerts and tested == alerts  # a unit test for every rule
     exposed = set(re.findall(r"^# TYPE (\w+)", generate_latest(PrometheusSink(0).registry).decode(), re.M))
     rules = (deploy / "asd-monitor.rules.yml").read_text()
     used = set(re.findall(r"\basd_\w+", rules))
