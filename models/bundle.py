@@ -174,13 +174,9 @@ class Bundle:
 
 def software_versions() -> dict[str, str]:
     """Versions recorded in each bundle, so a surprising score can be traced to the code that produced it."""
-    from importlib.metadata import PackageNotFoundError, version
+    from models.runtime import own_version
 
-    try:
-        own = version("asd-monitor")
-    except PackageNotFoundError:
-        own = "unknown"
-    return {"asd-monitor": own, "torch": torch.__version__, "numpy": np.__version__,
+    return {"asd-monitor": own_version(), "torch": torch.__version__, "numpy": np.__version__,
             "python": platform.python_version()}
 
 

@@ -8,6 +8,16 @@ import logging
 
 log = logging.getLogger(__name__)
 
+def own_version() -> str:
+    """The installed asd-monitor version ("unknown" when run from a source tree that is not installed)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("asd-monitor")
+    except PackageNotFoundError:
+        return "unknown"
+
+
 _M_TRIM_THRESHOLD = -1
 _M_MMAP_THRESHOLD = -3
 

@@ -78,8 +78,9 @@ class SourceConfig(_Strict):
     @field_validator("name")
     @classmethod
     def _topic_safe(cls, v: str | None) -> str | None:
-        if v is not None and (not v or any(c in v for c in "/#+ ")):
-            raise ValueError(f"source name {v!r} must be non-empty without '/', '#', '+' or spaces (MQTT topics)")
+        if v is not None and (not v or any(c in "/#+" or c.isspace() or not c.isprintable() for c in v)):
+            raise ValueError(f"source name {v!r} must be non-empty without '/', '#', '+', whitespace or control "
+                             "characters (it is one MQTT topic level)")
         return v
 
     @model_validator(mode="after")
@@ -146,6 +147,8 @@ class MqttSettings(BaseModel):
     base_topic: str = "asd"
     ha_discovery: bool = True
     ha_prefix: str = "homeassistant"
+    ha_expire_after: int = Field(default=120, ge=1, description="HA marks the score unavailable after this many "
+                                 "seconds without one")
     outbox_size: int = Field(default=1000, ge=1)
     score_interval: float = Field(default=1.0, ge=0.0)
     reconnect_min: float = Field(default=0.5, gt=0.0)

@@ -14,6 +14,13 @@ and the last retained `status` and `alarm` of every source, as Frigate republish
 sources start as alarm `OFF`: no alarm is open when a run starts, so a retained `ON` left by a killed run is
 replaced on the first connect (`monitor.journal` also sends that alarm's `end` event).
 
+Home Assistant discovery (`ha_discovery`): the node is a device with a `monitor` connectivity entity (from
+`availability`); each source is a device of its own (so machines can sit in their own areas), linked to the node
+with `via_device`, with an `anomaly` problem entity, an `audio input` connectivity entity from `<source>/status`
+and an `anomaly score` sensor that expires after `ha_expire_after` seconds without a score. Ids are `ha_id`
+encodings, one to one. On every connect the sink subscribes to this node's retained configs and empties those no
+configured source publishes (removed sources, and the one-device-per-node scheme before this one).
+
 `publish()` only appends to a bounded outbox; one task owns the connection, reconnects with back-off and drains
 the outbox in order. A message leaves the outbox only once the broker has acknowledged it, so a broker restart
 loses nothing (delivery is at-least-once). When the outbox is full the oldest score is dropped first: alarms and
@@ -40,6 +47,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Iterable
 
 import aiomqtt
+from models.runtime import own_version
 from monitor.config import MqttSettings
 from monitor.events import AlarmEvent, CounterEvent, Event, ScoreUpdate, SourceStatus
 from monitor.sinks.jsonl import json_safe
@@ -53,13 +61,16 @@ _ACK_TIMEOUT_S = 10.0
 
 
 def sanitize_topic_part(name: str) -> str:
-    """A source name as one topic level: MQTT wildcards, separators and whitespace would change the topic tree."""
-    cleaned = _TOPIC_UNSAFE.sub("_", name).strip("_")
-    return cleaned or "_"
+    """A source name as one topic level: MQTT wildcards, separators and whitespace would change the topic tree.
+    Names the configuration accepts are already safe and come out unchanged (so `fan` and `fan_` stay apart)."""
+    return _TOPIC_UNSAFE.sub("_", name) or "_"
 
 
-def _object_id(name: str) -> str:
-    return _ID_UNSAFE.sub("_", name).strip("_") or "_"
+def ha_id(name: str) -> str:
+    """`name` in the characters Home Assistant allows in discovery ids, one to one: letters and digits stay, every
+    other character (`_` and `-` included) becomes `_` and its UTF-8 bytes in hex, so `fan.1` and `fan_1` cannot
+    share an id, and `-` is free to separate the parts of a unique id."""
+    return "".join(c if c.isascii() and c.isalnum() else "".join(f"_{b:02x}" for b in c.encode()) for c in name)
 
 
 @dataclass
@@ -110,8 +121,13 @@ class MqttSink:
         self._sources: dict[str, str] = {}  # topic-safe name -> original name, in order of appearance
         self._last_score: dict[str, float] = {}
         self._retained: dict[str, _Message] = {}  # topic -> the last retained status/alarm message queued for it
+        self._node_uid = f"asd-{ha_id(self.node)}"  # HA node id and unique-id prefix
+        self._legacy_node_id = _ID_UNSAFE.sub("_", f"asd_{self.node}").strip("_")  # before 0.2: removed on sight
+        self._origin = {"name": "asd-monitor", "sw_version": own_version()}
         for source in sources:
-            self._known(source)
+            if not self._known(source):
+                raise ValueError(f"sources {self._sources[sanitize_topic_part(source)]!r} and {source!r} would "
+                                 f"publish to the same MQTT topics ({self.topic(source, '...')}): rename one")
             topic = self.topic(source, "alarm")
             self._retained[topic] = _Message(topic, b"OFF", settings.qos, True)
 
@@ -238,45 +254,85 @@ class MqttSink:
             for message in self._discovery_messages(source):
                 self._enqueue(message)
 
-    def _discovery_messages(self, source: str) -> list[_Message]:
-        """One binary_sensor (alarm) and one sensor (score) per source, grouped under one HA device per node."""
-        prefix = self.settings.ha_prefix.rstrip("/")
-        node_id = _object_id(f"asd_{self.node}")
-        source_id = _object_id(sanitize_topic_part(source))
-        common = {
-            "availability_topic": self.availability_topic,
-            "payload_available": "online",
-            "payload_not_available": "offline",
-            "device": {
-                "identifiers": [node_id],
-                "name": f"asd-monitor {self.node}",
-                "manufacturer": "asd-monitor",
-                "model": "anomalous sound detector",
-            },
+    @property
+    def _discovery_prefix(self) -> str:
+        return self.settings.ha_prefix.rstrip("/")
+
+    def _node_device(self) -> dict[str, Any]:
+        return {"identifiers": [self._node_uid], "name": f"asd-monitor {self.node}", "manufacturer": "asd-monitor",
+                "model": "anomalous sound monitor", "sw_version": own_version()}
+
+    def _node_discovery(self) -> list[_Message]:
+        """The node's own device, with one connectivity entity from `availability`: the device each source's
+        device is linked to (`via_device`), and what says the monitor itself is down."""
+        config = {
+            "name": "monitor",
+            "unique_id": f"{self._node_uid}-online",
+            "state_topic": self.availability_topic,
+            "payload_on": "online",
+            "payload_off": "offline",
+            "device_class": "connectivity",
+            "entity_category": "diagnostic",
+            "device": self._node_device(),
+            "origin": self._origin,
         }
+        topic = f"{self._discovery_prefix}/binary_sensor/{self._node_uid}/online/config"
+        return [_Message(topic, _json(config), 1, True)]
+
+    def _discovery_messages(self, source: str) -> list[_Message]:
+        """One HA device per monitored machine (source), linked to the node's device, with three entities: the
+        alarm (problem), the audio input's health from `<source>/status` (connectivity: an unplugged microphone
+        shows as disconnected, not as a quiet machine), and the score (expires when scores stop coming)."""
+        prefix, source_id = self._discovery_prefix, ha_id(source)
+        availability = {"availability_topic": self.availability_topic, "payload_available": "online",
+                        "payload_not_available": "offline"}
+        device = {"identifiers": [f"{self._node_uid}-{source_id}"], "name": source, "manufacturer": "asd-monitor",
+                  "model": "monitored machine", "via_device": self._node_uid}
+        common = {**availability, "device": device, "origin": self._origin}
         alarm = {
             **common,
-            "name": f"{source} anomaly",
-            "unique_id": f"{node_id}_{source_id}_alarm",
+            "name": "anomaly",
+            "unique_id": f"{self._node_uid}-{source_id}-alarm",
             "state_topic": self.topic(source, "alarm"),
             "payload_on": "ON",
             "payload_off": "OFF",
             "device_class": "problem",
         }
+        audio = {
+            **common,
+            "name": "audio input",
+            "unique_id": f"{self._node_uid}-{source_id}-audio",
+            "state_topic": self.topic(source, "status"),
+            "value_template": "{{ 'ON' if value_json.state in ('online', 'silent', 'clipping') else 'OFF' }}",
+            "json_attributes_topic": self.topic(source, "status"),  # state and detail; changes only on events
+            "payload_on": "ON",
+            "payload_off": "OFF",
+            "device_class": "connectivity",
+            "entity_category": "diagnostic",
+        }
         score = {
             **common,
-            "name": f"{source} anomaly score",
-            "unique_id": f"{node_id}_{source_id}_score",
+            "name": "anomaly score",
+            "unique_id": f"{self._node_uid}-{source_id}-score",
             "state_topic": self.topic(source, "score"),
             "value_template": "{{ value_json.score }}",
-            "json_attributes_topic": self.topic(source, "score"),
             "state_class": "measurement",
+            "expire_after": self.settings.ha_expire_after,
             "icon": "mdi:waveform",
         }
         return [
-            _Message(f"{prefix}/binary_sensor/{node_id}/{source_id}_alarm/config", _json(alarm), 1, True),
-            _Message(f"{prefix}/sensor/{node_id}/{source_id}_score/config", _json(score), 1, True),
+            _Message(f"{prefix}/binary_sensor/{self._node_uid}/{source_id}_alarm/config", _json(alarm), 1, True),
+            _Message(f"{prefix}/binary_sensor/{self._node_uid}/{source_id}_audio/config", _json(audio), 1, True),
+            _Message(f"{prefix}/sensor/{self._node_uid}/{source_id}_score/config", _json(score), 1, True),
         ]
+
+    def _all_discovery(self) -> list[_Message]:
+        return self._node_discovery() + [m for source in self._sources.values()
+                                         for m in self._discovery_messages(source)]
+
+    async def _publish_discovery(self, client: aiomqtt.Client) -> None:
+        for message in self._all_discovery():
+            await self._send(client, message)
 
     async def _publish_retained(self, client: aiomqtt.Client) -> None:
         """Every source's last retained status and alarm, except where the outbox holds a newer one: the outbox
@@ -286,10 +342,12 @@ class MqttSink:
             if message.topic not in pending:
                 await self._send(client, message)
 
-    async def _publish_discovery(self, client: aiomqtt.Client) -> None:
-        for source in list(self._sources.values()):
-            for message in self._discovery_messages(source):
-                await self._send(client, message)
+    async def _remove_stale_discovery(self, client: aiomqtt.Client, topic: str) -> None:
+        """An empty retained config removes the entity: for configs of this node (this or an earlier scheme)
+        that no configured source publishes any more."""
+        if topic not in {m.topic for m in self._all_discovery()}:
+            log.info("Home Assistant: removing %s (its source is no longer configured)", topic)
+            await self._send(client, _Message(topic, b"", 1, True))
 
     # ---- connection task ----------------------------------------------------------------------------------
 
@@ -347,11 +405,12 @@ class MqttSink:
 
     async def _session(self, client: aiomqtt.Client) -> None:
         """One connection's life: announce, then drain and listen until closing (returns) or a loss (raises)."""
-        if self.settings.ha_discovery:
-            await client.subscribe(f"{self.settings.ha_prefix.rstrip('/')}/status", qos=1)
         await self._send(client, _Message(self.availability_topic, b"online", 1, True))
         if self.settings.ha_discovery:
             await self._publish_discovery(client)
+            await client.subscribe(f"{self._discovery_prefix}/status", qos=1)
+            for node_id in {self._node_uid, self._legacy_node_id}:  # retained configs of this node come back
+                await client.subscribe(f"{self._discovery_prefix}/+/{node_id}/+/config", qos=1)
         await self._publish_retained(client)
         drain = asyncio.create_task(self._drain(client))
         listen = asyncio.create_task(self._listen(client))
@@ -381,11 +440,17 @@ class MqttSink:
             await self._wakeup.wait()
 
     async def _listen(self, client: aiomqtt.Client) -> None:
-        """Republish discovery when Home Assistant announces it has (re)started."""
+        """Republish discovery when Home Assistant announces it has (re)started; remove this node's retained
+        configs that no configured source publishes."""
+        status = f"{self._discovery_prefix}/status"
         async for message in client.messages:
-            if message.payload in (b"online", "online"):
-                log.info("Home Assistant is online: republishing discovery")
-                await self._publish_discovery(client)
+            topic = str(message.topic)
+            if topic == status:
+                if message.payload in (b"online", "online"):
+                    log.info("Home Assistant is online: republishing discovery")
+                    await self._publish_discovery(client)
+            elif message.payload:
+                await self._remove_stale_discovery(client, topic)
 
     async def _send(self, client: aiomqtt.Client, message: _Message) -> None:
         await client.publish(message.topic, message.payload, qos=message.qos, retain=message.retain)

@@ -12,7 +12,6 @@ is listed rather than absent. The process collector adds `process_*` (CPU, memor
 
 from __future__ import annotations
 
-import importlib.metadata
 import logging
 import math
 import threading
@@ -29,6 +28,7 @@ from prometheus_client import (
     start_http_server,
 )
 
+from models.runtime import own_version
 from monitor.events import AlarmEvent, CounterEvent, Event, ScoreUpdate, SourceState, SourceStatus
 
 log = logging.getLogger(__name__)
@@ -38,13 +38,6 @@ log = logging.getLogger(__name__)
 INFERENCE_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 UP_STATES = frozenset({"online", "silent", "clipping"})
 STATES: tuple[str, ...] = get_args(SourceState)
-
-
-def _version() -> str:
-    try:
-        return importlib.metadata.version("asd-monitor")
-    except importlib.metadata.PackageNotFoundError:
-        return "unknown"
 
 
 class PrometheusSink:
@@ -107,7 +100,7 @@ class PrometheusSink:
             "source_restarts": self.restarts,
         }
         self.build = Info("asd_build", "Software version, model and compute device of this monitor.", registry=r)
-        self.build.info({"version": _version(), "model": model, "device": device})
+        self.build.info({"version": own_version(), "model": model, "device": device})
         ProcessCollector(registry=r)
         PlatformCollector(registry=r)
         for source, source_model in sources:

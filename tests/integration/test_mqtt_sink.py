@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import re
 import signal
 import subprocess
 import sys
@@ -18,7 +19,7 @@ import pytest
 
 from monitor.events import EVENT_SCHEMA, AlarmEvent, CounterEvent, ScoreUpdate, SourceStatus
 from monitor.config import MqttSettings, parse_mqtt_url
-from monitor.sinks.mqtt import MqttSink, sanitize_topic_part
+from monitor.sinks.mqtt import MqttSink, ha_id, sanitize_topic_part
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(90)]
 
@@ -108,11 +109,12 @@ async def test_scores_rate_limited_per_source(make_sink, mqtt_collector) -> None
 
 
 async def test_source_names_are_sanitised_for_topics(make_sink, mqtt_collector) -> None:
-    assert sanitize_topic_part("line 1/fan#+") == "line_1_fan"
+    assert sanitize_topic_part("line 1/fan#+") == "line_1_fan_"
+    assert sanitize_topic_part("fan_") != sanitize_topic_part("fan")  # names the config accepts stay as they are
     live = mqtt_collector(["asd/#"])
     sink = await make_sink(ha_discovery=False)
     sink.publish(SourceStatus("line 1/fan#+", "online"))
-    [status] = await live.await_for(f"{BASE}/line_1_fan/status")
+    [status] = await live.await_for(f"{BASE}/line_1_fan_/status")
     assert status.retain is False and status.json()["state"] == "online"
 
 
@@ -189,8 +191,8 @@ async def test_retained_state_is_republished_after_a_broker_restart_without_pers
     mosquitto.start()  # `persistence false`: the broker has forgotten every retained message
     await until(lambda: sink.connected and sink.stats.connects == 2, 30, "the sink to reconnect")
     expected = {f"{BASE}/fan/alarm": b"ON", f"{BASE}/pump/alarm": b"OFF", f"{BASE}/availability": b"online"}
-    topics = [*expected, f"{BASE}/fan/status", f"homeassistant/binary_sensor/asd_{NODE}/pump_alarm/config",
-              f"homeassistant/sensor/asd_{NODE}/fan_score/config"]
+    topics = [*expected, f"{BASE}/fan/status", ha_topic("binary_sensor", "pump_alarm"),
+              ha_topic("sensor", "fan_score")]
     seen = mqtt_collector(topics)
     for topic in topics:
         await seen.await_for(topic, payload=expected.get(topic))
@@ -268,27 +270,142 @@ async def test_full_outbox_drops_oldest_scores_first(mosquitto, make_sink, mqtt_
     assert len(drops) == 3 and all(c.name == "sink_errors" and c.labels == {"sink": "mqtt"} for c in drops)
 
 
-async def test_home_assistant_discovery_and_republish_on_ha_online(mosquitto, make_sink, mqtt_collector) -> None:
+def ha_topic(component: str, object_id: str) -> str:
+    return f"homeassistant/{component}/asd-{NODE}/{object_id}/config"
+
+
+async def test_home_assistant_devices_per_source_and_republish_on_ha_online(mosquitto, make_sink,
+                                                                          mqtt_collector) -> None:
     live = mqtt_collector(["homeassistant/#"])
-    sink = await make_sink(sink_kwargs={"sources": ["fan"]})
-    binary = f"homeassistant/binary_sensor/asd_{NODE}/fan_alarm/config"
-    sensor = f"homeassistant/sensor/asd_{NODE}/fan_score/config"
-    await live.await_for(binary)
-    [config] = await live.await_for(sensor)
-    alarm_config = live.on(binary)[0].json()
-    assert alarm_config["device_class"] == "problem"
-    assert alarm_config["state_topic"] == f"{BASE}/fan/alarm"
-    assert alarm_config["availability_topic"] == f"{BASE}/availability"
-    assert config.json()["state_topic"] == f"{BASE}/fan/score"
-    assert config.json()["device"]["identifiers"] == alarm_config["device"]["identifiers"]
-    sink.publish(SourceStatus("pump", "online"))  # a new source is announced when first seen
-    await live.await_for(f"homeassistant/binary_sensor/asd_{NODE}/pump_alarm/config")
-    before = len(live.on(binary))
+    await make_sink(sink_kwargs={"sources": ["fan"]})
+    node, alarm, audio, score = (ha_topic("binary_sensor", "online"), ha_topic("binary_sensor", "fan_alarm"),
+                                 ha_topic("binary_sensor", "fan_audio"), ha_topic("sensor", "fan_score"))
+    configs = {t: (await live.await_for(t))[0].json() for t in (node, alarm, audio, score)}
+    assert configs[node]["state_topic"] == f"{BASE}/availability" and configs[node]["device_class"] == "connectivity"
+    node_device = configs[node]["device"]
+    for topic in (alarm, audio, score):  # one device per machine, linked to the node's device
+        device = configs[topic]["device"]
+        assert device["name"] == "fan" and device["via_device"] == node_device["identifiers"][0]
+        assert device["identifiers"] != node_device["identifiers"]
+        assert configs[topic]["availability_topic"] == f"{BASE}/availability"
+        assert configs[topic]["origin"]["name"] == "asd-monitor"
+    assert configs[alarm]["device_class"] == "problem" and configs[alarm]["state_topic"] == f"{BASE}/fan/alarm"
+    assert configs[audio]["device_class"] == "connectivity" and configs[audio]["state_topic"] == f"{BASE}/fan/status"
+    assert configs[score]["expire_after"] == MqttSettings().ha_expire_after
+    assert "json_attributes_topic" not in configs[score]  # not a second 1 Hz topic for HA's recorder
+    assert "sw_version" in node_device
+    before = len(live.on(alarm))
     paho_publish.single("homeassistant/status", b"online", hostname=mosquitto.host, port=mosquitto.port)
-    await live.await_for(binary, count=before + 1)
-    await live.await_for(f"homeassistant/binary_sensor/asd_{NODE}/pump_alarm/config", count=2)
+    await live.await_for(alarm, count=before + 1)
     late = mqtt_collector(["homeassistant/#"])
-    assert (await late.await_for(sensor))[0].retain
+    assert (await late.await_for(score))[0].retain
+
+
+# Home Assistant's MQTT discovery schema for the two platforms used, from homeassistant/components/mqtt
+# (schemas.py: device and origin; binary_sensor.py, sensor.py and the entity schema shared by both):
+# every key we send must be one of these (full names: we send no abbreviations), the required ones present.
+HA_ENTITY_KEYS = {"availability_topic", "payload_available", "payload_not_available", "availability_mode",
+                  "availability_template", "device", "enabled_by_default", "entity_category", "icon",
+                  "json_attributes_topic", "json_attributes_template", "name", "object_id", "unique_id", "qos",
+                  "encoding", "origin", "state_topic", "value_template", "device_class", "expire_after",
+                  "force_update"}
+HA_PLATFORM_KEYS = {"binary_sensor": HA_ENTITY_KEYS | {"off_delay", "payload_on", "payload_off"},
+                    "sensor": HA_ENTITY_KEYS | {"state_class", "unit_of_measurement", "suggested_display_precision",
+                                                "last_reset_value_template", "options"}}
+HA_DEVICE_KEYS = {"identifiers", "connections", "manufacturer", "model", "name", "hw_version", "serial_number",
+                  "sw_version", "via_device", "suggested_area", "configuration_url"}
+HA_ORIGIN_KEYS = {"name", "sw_version", "support_url"}
+HA_DEVICE_CLASSES = {"binary_sensor": {"problem", "connectivity"}, "sensor": set()}  # the ones we may use
+HA_ID = re.compile(r"^[a-zA-Z0-9_-]+$")  # node_id and object_id in discovery topics
+
+
+def check_discovery(topic: str, config: dict) -> str:
+    """AssertionError naming the offending key unless `config` is valid discovery for its topic's platform;
+    returns the platform."""
+    prefix, platform, node_id, object_id, leaf = topic.split("/")
+    assert prefix == "homeassistant" and leaf == "config" and platform in HA_PLATFORM_KEYS, topic
+    assert HA_ID.match(node_id) and HA_ID.match(object_id), topic
+    assert set(config) <= HA_PLATFORM_KEYS[platform], (topic, set(config) - HA_PLATFORM_KEYS[platform])
+    assert isinstance(config["state_topic"], str) and "#" not in config["state_topic"], topic
+    assert isinstance(config["unique_id"], str) and config["name"], topic
+    device, origin = config["device"], config["origin"]
+    assert set(device) <= HA_DEVICE_KEYS and device["identifiers"], (topic, device)
+    assert all(isinstance(v, str) for k, v in device.items() if k != "identifiers"), device
+    assert set(origin) <= HA_ORIGIN_KEYS and origin["name"], origin
+    if "device_class" in config:
+        assert config["device_class"] in HA_DEVICE_CLASSES[platform], config["device_class"]
+    if "expire_after" in config:
+        assert isinstance(config["expire_after"], int) and config["expire_after"] > 0
+    if "state_class" in config:
+        assert config["state_class"] in {"measurement", "total", "total_increasing"}
+    if "entity_category" in config:
+        assert config["entity_category"] in {"config", "diagnostic"}
+    return platform
+
+
+def render(template: str, payload: bytes) -> str:
+    """A value template rendered as Home Assistant renders it for a JSON payload (`value`, `value_json`)."""
+    import jinja2
+
+    env = jinja2.Environment(undefined=jinja2.StrictUndefined)
+    return env.from_string(template).render(value=payload.decode(), value_json=json.loads(payload)).strip()
+
+
+async def test_every_discovery_payload_follows_home_assistant_schema(mosquitto, make_sink, mqtt_collector) -> None:
+    live = mqtt_collector(["homeassistant/#", f"{BASE}/#"])
+    sink = await make_sink(sink_kwargs={"sources": ["fan", "fan.1", "fan_1", "fan-1", "Ölpumpe"]})
+    states = ("online", "silent", "clipping", "offline", "error", "ended")
+    for i, state in enumerate(states):
+        sink.publish(SourceStatus("fan", state, f"detail {i}", float(i)))
+    sink.publish(score("fan", 0.75))
+    await live.await_for(f"{BASE}/fan/status", count=len(states))
+    await live.await_for(f"{BASE}/fan/score")
+    configs = {}
+    for source in ("fan", "fan.1", "fan_1", "fan-1", "Ölpumpe"):
+        await live.await_for(ha_topic("sensor", f"{ha_id(source)}_score"))
+    for m in live.messages:
+        if m.topic.startswith("homeassistant/") and m.payload:
+            configs[m.topic] = m.json()
+    assert len(configs) == 1 + 5 * 3  # the node's entity, three per source
+    unique_ids = [c["unique_id"] for c in configs.values()]
+    assert len(set(unique_ids)) == len(unique_ids)  # fan.1, fan_1 and fan-1 do not collide
+    assert len({tuple(c["device"]["identifiers"]) for c in configs.values()}) == 1 + 5
+    for topic, config in configs.items():
+        platform = check_discovery(topic, config)
+        template = config.get("value_template")
+        if template is None:
+            continue
+        [state_topic] = [config["state_topic"]]
+        for m in live.on(state_topic):
+            out = render(template, m.payload)
+            if platform == "binary_sensor":
+                expected = "ON" if m.json()["state"] in ("online", "silent", "clipping") else "OFF"
+                assert out == expected, (topic, m.payload, out)
+            else:
+                assert float(out) == m.json()["score"], (topic, out)
+        assert live.on(state_topic) or state_topic.endswith(("fan.1/status", "fan_1/status", "fan-1/status",
+                                                             "Ölpumpe/status", "/score"))
+
+
+async def test_configs_of_sources_no_longer_configured_are_removed(mosquitto, make_sink, mqtt_collector) -> None:
+    legacy = "homeassistant/binary_sensor/asd_testnode/pump_alarm/config"  # the one-device-per-node scheme
+    paho_publish.single(legacy, b'{"name": "pump anomaly"}', retain=True, hostname=mosquitto.host,
+                        port=mosquitto.port)
+    first = await make_sink(sink_kwargs={"sources": ["fan", "pump"]})
+    seen = mqtt_collector(["homeassistant/#"])
+    await seen.await_for(ha_topic("sensor", "pump_score"))
+    await seen.await_for(legacy, payload=b"")  # the old scheme's config is emptied at the first connect
+    await first.close()
+    await make_sink(sink_kwargs={"sources": ["fan"]})  # pump removed from the configuration
+    for object_id in ("pump_alarm", "pump_audio"):
+        await seen.await_for(ha_topic("binary_sensor", object_id), payload=b"")
+    await seen.await_for(ha_topic("sensor", "pump_score"), payload=b"")
+    late = mqtt_collector(["homeassistant/#"])
+    await late.await_for(ha_topic("sensor", "fan_score"))
+    await asyncio.sleep(0.5)  # retained messages arrive together at subscription
+    left = {m.topic for m in late.messages}
+    assert not any("pump" in t for t in left), left
+    assert ha_topic("binary_sensor", "fan_alarm") in left and ha_topic("binary_sensor", "online") in left
 
 
 async def test_password_never_logged(mosquitto, caplog) -> None:
