@@ -8,6 +8,16 @@ import logging
 
 log = logging.getLogger(__name__)
 
+def setup_logging(level: int) -> None:
+    """The one log format of both CLIs, on stderr: `time level logger: message`, without the time under systemd's
+    journal (which stamps every line itself; systemd sets `JOURNAL_STREAM` for a service whose output it keeps)."""
+    import os
+    import sys
+
+    stamp = "" if os.environ.get("JOURNAL_STREAM") else "%(asctime)s "
+    logging.basicConfig(level=level, format=stamp + "%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+
+
 def own_version() -> str:
     """The installed asd-monitor version ("unknown" when run from a source tree that is not installed)."""
     from importlib.metadata import PackageNotFoundError, version

@@ -11,7 +11,7 @@ import asyncio
 import logging
 import sys
 
-from models.runtime import keep_freed_memory
+from models.runtime import keep_freed_memory, own_version, setup_logging
 from monitor.config import ConfigError, MonitorConfig, load_config
 
 
@@ -40,6 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--id", dest="machine_id", metavar="MACHINE_ID",
                    help="machine id of the sources (e.g. id_00): selects per-id thresholds, required by per-id models")
     p.add_argument("-v", "--verbose", action="count", default=0, help="more logging (-vv for debug)")
+    p.add_argument("--version", action="version", version=f"%(prog)s {own_version()}")
     return p
 
 
@@ -79,8 +80,7 @@ def apply_args(cfg: MonitorConfig, args: argparse.Namespace) -> MonitorConfig:
 
 
 def _setup_logging(verbose: int) -> None:
-    level = logging.WARNING - 10 * min(verbose, 2)
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    setup_logging(logging.WARNING - 10 * min(verbose, 2))
 
 
 def run(args: argparse.Namespace) -> int:

@@ -140,6 +140,8 @@ class MqttSettings(BaseModel):
     url: str = "mqtt://127.0.0.1:1883"
     username: str | None = None
     password: SecretStr | None = None
+    password_file: Path | None = Field(None, description="read the password from this file (systemd "
+                                       "LoadCredential=: ${CREDENTIALS_DIRECTORY}/mqtt-password)")
     client_id: str | None = None
     tls: MqttTls = Field(default_factory=MqttTls)
     qos: Literal[0, 1, 2] = 1
@@ -181,6 +183,21 @@ class MqttSettings(BaseModel):
             netloc += f":{parts.port}"
         data["url"] = parts._replace(netloc=netloc).geturl()
         return data
+
+    @model_validator(mode="after")
+    def _password_from_file(self) -> "MqttSettings":
+        if self.password_file is None:
+            return self
+        if self.password is not None:
+            raise ValueError("give the MQTT password or password_file, not both")
+        try:
+            secret = self.password_file.read_text(encoding="utf-8").strip("\r\n")
+        except OSError as exc:
+            raise ValueError(f"MQTT password_file {self.password_file}: {exc.strerror or exc}") from None
+        if not secret:
+            raise ValueError(f"MQTT password_file {self.password_file} is empty")
+        object.__setattr__(self, "password", SecretStr(secret))
+        return self
 
     @property
     def use_tls(self) -> bool:

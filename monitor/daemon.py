@@ -171,7 +171,7 @@ class Daemon:
             else:
                 paths = expand_replay_paths(sc.replay or [])
                 src = ReplaySource(name, paths, queue, self.fanout.publish, rate, p.block_seconds, r.speed,
-                                   r.duration_seconds, loop=r.loop)
+                                   r.duration_seconds, loop=r.loop, channel=sc.channel)
             src.machine_id = sc.machine_id or cfg.machine_id
             out.append(_Entry(src, bundle, sc.threshold, problem))
         for spec in self.synth:

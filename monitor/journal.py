@@ -2,10 +2,12 @@
 ever: the next run ends each one with an `end` event that says so, which turns the retained MQTT alarm `OFF` and
 closes the alarm for every subscriber that saw its `new`.
 
-The journal is a sink: it sees every event, and on an alarm's `new`, `update` and `end` it rewrites one small JSON
-file (`<state_dir>/open-alarms-<node>.json`, written to a temporary file and renamed, so a crash mid-write leaves
-the previous version). Alarms are rare, so the writes are too. The file is a convenience, not a record: losing it
-(or a corrupt one, which is logged and set aside) loses nothing but those `end` events.
+The journal is a sink: it sees every event and keeps the open alarms; when they changed (`new`, `update`, `end`)
+it rewrites one small JSON file (`<state_dir>/open-alarms-<node>.json`, written to a temporary file and renamed, so
+a crash mid-write leaves the previous version), at most once per `WRITE_INTERVAL` seconds and at close: hundreds
+of sources alarming at once (a fleet-wide noise) cost one write a second, not one per event. The file is a
+convenience, not a record: losing it (or a corrupt one, which is logged and set aside), or the last second of
+changes, loses nothing but those `end` events.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +25,7 @@ log = logging.getLogger(__name__)
 
 SCHEMA = "asd-monitor/open-alarms/1"
 STALE_REASON = "the previous run stopped without ending this alarm (closed at start-up)"
+WRITE_INTERVAL = 1.0  # seconds between rewrites of the file while alarms change
 
 
 def journal_path(state_dir: Path, node: str) -> Path:
@@ -33,10 +37,13 @@ class AlarmJournal:
 
     name = "journal"
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, clock: Any = time.monotonic) -> None:
         self.path = path
         self._open: dict[str, dict[str, Any]] = {}  # alarm id -> its last event
         self._warned = False
+        self._dirty = False
+        self._clock = clock
+        self._written = float("-inf")
 
     def stale_ends(self, now: float) -> list[AlarmEvent]:
         """`end` events for the alarms the file lists (a previous run's), then an empty file. Call once, before
@@ -64,17 +71,18 @@ class AlarmJournal:
         return None
 
     def publish(self, event: Event) -> None:
-        if not isinstance(event, AlarmEvent):
-            return
-        if event.type == "end":
-            if self._open.pop(event.id, None) is None:
-                return
-        else:
-            self._open[event.id] = event.to_dict()
-        self._write()
+        if isinstance(event, AlarmEvent):
+            if event.type == "end":
+                self._dirty |= self._open.pop(event.id, None) is not None
+            else:
+                self._open[event.id] = event.to_dict()
+                self._dirty = True
+        if self._dirty and self._clock() - self._written >= WRITE_INTERVAL:  # any event may carry the write
+            self._write()
 
     async def close(self) -> None:
-        return None
+        if self._dirty:
+            self._write()
 
     # -- the file ----------------------------------------------------------------------------------------------------
 
@@ -105,9 +113,10 @@ class AlarmJournal:
     def _write(self) -> None:
         data = {"schema": SCHEMA, "alarms": list(self._open.values())}
         tmp = self.path.with_name(self.path.name + ".tmp")
+        self._dirty, self._written = False, self._clock()
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            tmp.write_text(json.dumps(data, indent=1), encoding="utf-8")
+            tmp.write_text(json.dumps(data), encoding="utf-8")
             os.replace(tmp, self.path)
             self._warned = False
         except OSError as exc:

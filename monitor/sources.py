@@ -21,7 +21,6 @@ import time
 from abc import ABC, abstractmethod
 from collections import deque
 from dataclasses import dataclass
-from functools import lru_cache
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -169,50 +168,38 @@ class PacedSource(Source):
         self.duration = duration
 
     @abstractmethod
-    def segments(self) -> Iterator[Iterator[np.ndarray]]:
-        """Contiguous stretches of audio, each an iterator of blocks; a new stretch starts after a gap."""
+    def blocks(self) -> Iterator[tuple[bool, np.ndarray]]:
+        """`(gap, samples)` blocks of `self.block` samples (fewer at the end of a file); `gap`: the audio before
+        this block is not contiguous with it (the first block, and the first after a bad file)."""
 
     async def run(self) -> None:
         t0_wall, t0_mono = time.time(), time.monotonic()
         limit = None if self.duration is None else int(round(self.duration * self.sample_rate))
         played = 0
         try:
-            for segment in self.segments():
-                gap = True
-                for samples in segment:
-                    if self._stopping.is_set() or (limit is not None and played >= limit):
-                        return
-                    if limit is not None:
-                        samples = samples[: limit - played]
-                    played += samples.size
-                    audio_end = played / self.sample_rate
-                    if self.speed > 0:
-                        due = t0_wall + audio_end / self.speed
-                        delay = t0_mono + audio_end / self.speed - time.monotonic()
-                        if delay > 0:
-                            await asyncio.sleep(delay)
-                    else:
-                        due = time.time()
-                        await asyncio.sleep(0)  # let the pipeline and sinks run between blocks
-                    if self.state is None:
-                        self.set_state("online", self.describe())
-                    await self.queue.put(AudioBlock(samples, self.sample_rate, t0_wall + audio_end, due, gap))
-                    gap = False
+            for gap, samples in self.blocks():
+                if self._stopping.is_set() or (limit is not None and played >= limit):
+                    return
+                if limit is not None:
+                    samples = samples[: limit - played]
+                played += samples.size
+                audio_end = played / self.sample_rate
+                if self.speed > 0:
+                    due = t0_wall + audio_end / self.speed
+                    delay = t0_mono + audio_end / self.speed - time.monotonic()
+                    if delay > 0:
+                        await asyncio.sleep(delay)
+                else:
+                    due = time.time()
+                    await asyncio.sleep(0)  # let the pipeline and sinks run between blocks
+                if self.state is None:
+                    self.set_state("online", self.describe())
+                await self.queue.put(AudioBlock(samples, self.sample_rate, t0_wall + audio_end, due, gap))
         finally:
             self.queue.end()
 
     def describe(self) -> str:
         return f"{type(self).__name__} at speed {self.speed:g}"
-
-
-@lru_cache(maxsize=32)
-def _load_validated(path: str, sample_rate: int) -> np.ndarray:
-    """Decode and validate a wav once; many replay streams of one file share the (read-only) samples."""
-    from models.audio import load_wav
-
-    samples, _ = load_wav(path, sample_rate=sample_rate)
-    samples.setflags(write=False)
-    return samples
 
 
 def expand_replay_paths(patterns: list[str]) -> list[Path]:
@@ -232,30 +219,42 @@ def expand_replay_paths(patterns: list[str]) -> list[Path]:
     return out
 
 
-class ReplaySource(PacedSource):
-    """Wav files played one after another (forever with `loop`). A bad file is an error status, not a crash."""
+READ_FRAMES_SECONDS = 2  # replay files are decoded this much at a time (per source: 128 KB at 16 kHz)
 
-    def __init__(self, name: str, paths: list[Path], *args: Any, loop: bool = False, **kwargs: Any) -> None:
+
+class ReplaySource(PacedSource):
+    """Wav files played one after another (forever with `loop`), read block by block: a day-long recording costs
+    a block of memory, not the file. The files of one replay are one contiguous stream (a folder of 10 s clips is
+    scored across clip boundaries instead of restarting the features at each, which left clips shorter than a
+    window unscored); a bad file is an error status, counted, and the stream restarts after it."""
+
+    def __init__(self, name: str, paths: list[Path], *args: Any, loop: bool = False, channel: int = 0,
+                 **kwargs: Any) -> None:
         super().__init__(name, *args, **kwargs)
         self.paths = paths
         self.loop = loop
+        self.channel = channel
 
-    def segments(self) -> Iterator[Iterator[np.ndarray]]:
-        from models.audio import AudioError
+    def blocks(self) -> Iterator[tuple[bool, np.ndarray]]:
+        from models.audio import AudioError, WavReader
 
+        gap = True
         while True:
             good = 0
             for path in self.paths:
                 try:
-                    samples = _load_validated(str(path), self.sample_rate)
+                    reader = WavReader(path, self.sample_rate, self.channel)
+                    for samples in reader.blocks(self.block, READ_FRAMES_SECONDS * self.sample_rate):
+                        if self.state == "error":
+                            self.set_state("online", f"playing {path.name}")
+                        yield gap, samples
+                        gap = False
                 except AudioError as exc:
                     self.count("input_errors", detail=str(exc))
                     self.set_state("error", str(exc))
+                    gap = True
                     continue
                 good += 1
-                if self.state == "error":
-                    self.set_state("online", f"playing {path.name}")
-                yield (samples[i : i + self.block] for i in range(0, samples.size, self.block))
             if not self.loop or good == 0:
                 return
 
@@ -270,8 +269,11 @@ class SynthSource(PacedSource):
         super().__init__(name, *args, **kwargs)
         self._generate = generate
 
-    def segments(self) -> Iterator[Iterator[np.ndarray]]:
-        yield (np.asarray(self._generate(self.block), dtype=np.float32) for _ in iter(int, 1))
+    def blocks(self) -> Iterator[tuple[bool, np.ndarray]]:
+        gap = True
+        while True:
+            yield gap, np.asarray(self._generate(self.block), dtype=np.float32)
+            gap = False
 
 
 # ----------------------------------------------------------------------------------------------------------------

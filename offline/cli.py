@@ -10,7 +10,10 @@ import importlib
 import logging
 import sys
 
-from models.runtime import keep_freed_memory
+from models.runtime import keep_freed_memory, own_version, setup_logging
+
+DESCRIPTION = ("Prepare machine-sound data, train anomalous-sound detectors on normal recordings, evaluate them "
+               "and score recordings. `asd-offline COMMAND --help` explains each command.")
 
 # subcommand -> (module, one-line help). The order is the order `--help` shows.
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -24,11 +27,15 @@ COMMANDS: dict[str, tuple[str, str]] = {
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="asd-offline", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="asd-offline", description=DESCRIPTION)
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging (default: info)")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {own_version()}")
+    # -v also after the command (`asd-offline train -v ...`); SUPPRESS keeps it from resetting a -v given before
+    verbose = argparse.ArgumentParser(add_help=False)
+    verbose.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, (module, help_text) in COMMANDS.items():
-        p = sub.add_parser(name, help=help_text, description=help_text)
+        p = sub.add_parser(name, help=help_text, description=help_text, parents=[verbose])
         p.set_defaults(_module=module)
         importlib.import_module(module).configure_parser(p)
     return parser
@@ -37,8 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    level = logging.DEBUG if args.verbose else logging.INFO
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    setup_logging(logging.DEBUG if args.verbose else logging.INFO)
     keep_freed_memory()
     module = importlib.import_module(args._module)
     try:

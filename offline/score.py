@@ -7,6 +7,12 @@ rate, too short for one feature vector...) gives `{"path", "error"}` and the oth
 the row's `id` when the file has ids and `--id` is not given). Exit status: 0 when everything was scored, 1 when at
 least one file failed, 2 when the bundle itself cannot be loaded or cannot score what it was given (nothing is
 scored then). Only the bundle directory is needed: feature config, stages, detector and thresholds come from it.
+
+A recording longer than `--long-seconds` (default 60 s: an hour of audio as one clip would need all of its
+features at once) is scored as the monitor scores it, in the bundle's windows and hop, read from the file block by
+block: its line has `"windows"`, the window-score summary (`score` is the highest window score, `mean_score`,
+`anomalous_windows`, `first_anomalous_s`: the end of the first window above the threshold) and, with
+`--window-scores`, every `[end_s, score]`. Memory then does not grow with the file's length.
 """
 
 from __future__ import annotations
@@ -24,6 +30,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+LONG_FILE_SECONDS = 60.0
+READ_BLOCK_SECONDS = 1.0
+
 
 def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.epilog = "exit status: 0 every file scored, 1 some file failed (its line has 'error'), 2 bundle unusable"
@@ -34,6 +43,10 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
                         help="machine id of the files: its own threshold, and required by per-id models")
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda (default auto)")
     parser.add_argument("--batch-size", type=int, default=16, help="files scored per call (default 16)")
+    parser.add_argument("--long-seconds", type=float, default=LONG_FILE_SECONDS, metavar="S",
+                        help=f"files longer than this are scored in the bundle's windows (default {LONG_FILE_SECONDS:g})")
+    parser.add_argument("--window-scores", action="store_true",
+                        help="with long files, list every window's [end_s, score]")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -47,7 +60,8 @@ def run(args: argparse.Namespace) -> int:
         lines = score_vector_files(bundle, args.files, args.machine_id)
     else:
         bundle.check_machine_id(args.machine_id)
-        lines = score_files(bundle, args.files, args.batch_size, args.machine_id)
+        lines = score_files(bundle, args.files, args.batch_size, args.machine_id, args.long_seconds,
+                            args.window_scores)
     for line in lines:
         failed += "error" in line
         print(json.dumps(line), flush=True)
@@ -78,11 +92,11 @@ def score_vector_files(bundle: "Bundle", paths: Sequence[Path], machine_id: str 
             yield {**line, "score": float(score), "threshold": threshold, "anomalous": bool(score > threshold)}
 
 
-def score_files(bundle: "Bundle", paths: Sequence[Path], batch_size: int = 16,
-                machine_id: str | None = None) -> Iterator[dict[str, Any]]:
+def score_files(bundle: "Bundle", paths: Sequence[Path], batch_size: int = 16, machine_id: str | None = None,
+                long_seconds: float = LONG_FILE_SECONDS, window_scores: bool = False) -> Iterator[dict[str, Any]]:
     """Result dicts in input order. Files are read and scored in batches; when a batch's scoring call fails, its
-    files are scored one by one so that only the bad file gets the error."""
-    from models.audio import AudioError, load_wav
+    files are scored one by one so that only the bad file gets the error. Long files: `score_long_file`."""
+    from models.audio import AudioError, WavReader
 
     threshold = float(bundle.threshold_for(machine_id))
     for start in range(0, len(paths), batch_size):
@@ -91,9 +105,14 @@ def score_files(bundle: "Bundle", paths: Sequence[Path], batch_size: int = 16,
         wavs: dict[int, np.ndarray] = {}
         for i, path in enumerate(batch):
             try:
-                wavs[i] = load_wav(path, sample_rate=bundle.sample_rate)[0]
-            except AudioError as exc:
-                results[i] = {"path": str(path), "error": str(exc)}
+                reader = WavReader(path, sample_rate=bundle.sample_rate)
+                if reader.frames > long_seconds * reader.sample_rate:
+                    results[i] = score_long_file(bundle, reader, machine_id, threshold, window_scores)
+                else:
+                    wavs[i] = reader.read()
+            except (AudioError, ValueError) as exc:
+                message = str(exc)
+                results[i] = {"path": str(path), "error": message if str(path) in message else f"{path}: {message}"}
         for i, score in _score_isolating_failures(bundle, wavs, machine_id).items():
             if isinstance(score, str):
                 results[i] = {"path": str(batch[i]), "error": f"{batch[i]}: {score}"}
@@ -101,6 +120,37 @@ def score_files(bundle: "Bundle", paths: Sequence[Path], batch_size: int = 16,
                 results[i] = {"path": str(batch[i]), "score": score, "threshold": threshold,
                               "anomalous": score > threshold}
         yield from (results[i] for i in range(len(batch)))
+
+
+def score_long_file(bundle: "Bundle", reader: Any, machine_id: str | None, threshold: float,
+                    window_scores: bool = False) -> dict[str, Any]:
+    """A long recording in the bundle's windows and hop, fed block by block to the monitor's stream scorer."""
+    import torch
+
+    window, hop = bundle.window_seconds, bundle.hop_seconds
+    scorer = bundle.stream_scorer(1, window, hop, machine_ids=[machine_id])
+    rate = reader.sample_rate
+    n, total, peak, anomalous = 0, 0.0, float("-inf"), 0
+    first: float | None = None
+    listed: list[list[float]] = []
+    with torch.inference_mode():
+        for block in reader.blocks(int(READ_BLOCK_SECONDS * rate)):
+            for end, score in scorer.accept([block])[0]:
+                n, total, peak = n + 1, total + score, max(peak, score)
+                if score > threshold:
+                    anomalous += 1
+                    first = end / rate if first is None else first
+                if window_scores:
+                    listed.append([round(end / rate, 3), score])
+    if n == 0:
+        raise ValueError(f"{reader.path}: shorter than one {window:g} s window")
+    line: dict[str, Any] = {"path": str(reader.path), "score": peak, "threshold": threshold,
+                            "anomalous": peak > threshold, "windows": n, "window_seconds": window,
+                            "hop_seconds": hop, "mean_score": total / n, "anomalous_windows": anomalous,
+                            "first_anomalous_s": first}
+    if window_scores:
+        line["window_scores"] = listed
+    return line
 
 
 def _score_isolating_failures(bundle: "Bundle", wavs: dict[int, np.ndarray],

@@ -143,7 +143,7 @@ def train_vectors(data: Path, model_name: str, machine: str, out: str | Path, co
     import torch
 
     from models.features.vectors import read_vectors
-    from models.training.recipe import build_spec, fit_bundle, split_holdout
+    from models.training.recipe import build_spec, cross_fitted_scores, fit_bundle, needs_cross_fit, split_holdout
 
     vf = read_vectors(data)
     spec = build_spec(model_name, config, feature_overrides={"kind": "vectors", "dim": vf.dim}, **kwargs)
@@ -154,7 +154,8 @@ def train_vectors(data: Path, model_name: str, machine: str, out: str | Path, co
         rows = [i for i in rows if vf.ids[i] in set(ids)]
         if not rows:
             raise ValueError(f"{data}: no rows of id(s) {list(ids)}; ids present: {sorted(set(vf.ids))}")
-    fit_rows, hold_rows = split_holdout(rows, spec.holdout, spec.seed, gamma=spec.threshold["method"] == "gamma")
+    cross = needs_cross_fit(len(rows), spec.holdout, gamma=spec.threshold["method"] == "gamma")
+    fit_rows, hold_rows = (rows, []) if cross else split_holdout(rows, spec.holdout, spec.seed)
     X = torch.from_numpy(vf.X)
 
     def items(sel: list[int]) -> tuple[list[torch.Tensor], list[str] | None]:
@@ -162,5 +163,11 @@ def train_vectors(data: Path, model_name: str, machine: str, out: str | Path, co
 
     fit, fit_ids = items(fit_rows)
     hold, hold_ids = items(hold_rows)
-    return fit_bundle(out, spec, fit, fit_ids, hold, hold_ids, machine=machine,
+    oof = None
+    if cross:  # too few rows to hold some out: each row scored by a model fitted on the others
+        def rebuild() -> Any:
+            return build_spec(model_name, config, feature_overrides={"kind": "vectors", "dim": vf.dim}, **kwargs)
+
+        oof = cross_fitted_scores(rebuild, fit, fit_ids, spec.seed)
+    return fit_bundle(out, spec, fit, fit_ids, hold, hold_ids, machine=machine, cross_fitted=oof,
                       summary={"data": str(data), "n_clips": len(rows), "rows": "one per file"})

@@ -98,7 +98,7 @@ def train_ensemble(
     spec = build_spec("ensemble", {**config, "params": {**(config.get("params") or {}), "members": entries}},
                       device=device, progress=progress, epochs=epochs, feature_overrides={"dim": len(members)})
     chosen = select_training_clips(clips, machine, ids)
-    fit_clips, hold_clips = split_holdout(chosen, spec.holdout, spec.seed, gamma=spec.threshold["method"] == "gamma")
+    fit_clips, hold_clips = split_holdout(chosen, spec.holdout, spec.seed)
     if len(hold_clips) < MIN_HELD_OUT:
         raise ValueError(f"an ensemble normalises its members by held-out normal clips: {len(hold_clips)} held out "
                          f"of {len(chosen)}; raise `holdout` so that at least {MIN_HELD_OUT} are")

@@ -17,7 +17,7 @@ import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol, Sequence
+from typing import Any, Callable, Protocol, Sequence
 
 import numpy as np
 import torch
@@ -183,24 +183,61 @@ def select_training_clips(clips: Sequence[ClipLike], machine: str, ids: Sequence
     return chosen
 
 
-def split_holdout(
-    clips: Sequence[Any], holdout: float, seed: int, gamma: bool
-) -> tuple[list[Any], list[Any]]:
-    """Seeded split, in the original order, into items to fit and items whose scores set the threshold (at least
-    one when holdout > 0).
+MAX_FOLDS = 5  # cross-fitting folds with few clips: each clip is scored by a model fitted on the others
 
-    A gamma threshold needs `MIN_GAMMA_SCORES` scores: too few is an error here, before any audio is read."""
+
+def needs_cross_fit(n: int, holdout: float, gamma: bool) -> bool:
+    """True when `holdout` of `n` clips would leave too few held-out scores for the threshold (a gamma fit needs
+    `MIN_GAMMA_SCORES`) or nothing to fit on: the threshold then comes from cross-fitted scores instead, every clip
+    scored by a model that did not see it. Fewer than 2 clips cannot work either way: a ValueError that says
+    what to do."""
+    if n < 2:
+        raise ValueError(f"{n} normal training clip(s): a threshold needs scores of clips the model did not see, "
+                         "so give at least 2 (more is better: 8 or more for a stable threshold), or set the "
+                         "threshold yourself with --threshold fixed:V")
+    if holdout <= 0:
+        return False  # asked for: the threshold from the training clips' own scores
+    n_hold = max(1, round(holdout * n))
+    return n - n_hold < 1 or (gamma and n_hold < MIN_GAMMA_SCORES)
+
+
+def split_holdout(clips: Sequence[Any], holdout: float, seed: int) -> tuple[list[Any], list[Any]]:
+    """Seeded split, in the original order, into items to fit and items whose scores set the threshold (at least
+    one when holdout > 0)."""
     n = len(clips)
     n_hold = max(1, round(holdout * n)) if holdout > 0 else 0
     if n - n_hold < 1:
         raise ValueError(f"{n} training clip(s): too few to hold out {holdout:.0%} and still train")
-    if gamma and (n_hold or n) < MIN_GAMMA_SCORES:
-        raise ValueError(
-            f"a gamma threshold needs at least {MIN_GAMMA_SCORES} held-out clips, got {n_hold or n} "
-            f"({n} training clips, holdout {holdout}); raise --holdout or use --threshold percentile:P / fixed:V"
-        )
     hold = set(np.random.default_rng(seed).permutation(n)[:n_hold].tolist())
     return [c for i, c in enumerate(clips) if i not in hold], [c for i, c in enumerate(clips) if i in hold]
+
+
+def cross_fitted_scores(rebuild: Callable[[], ModelSpec], feats: Sequence[torch.Tensor], ids: Sequence[str] | None,
+                        seed: int, folds: int = MAX_FOLDS) -> np.ndarray:
+    """Out-of-fold scores `[n]`: the clips in `min(folds, n)` seeded folds, each fold scored by a fresh model
+    (`rebuild()`: stages and detector as configured) fitted on the other folds."""
+    n = len(feats)
+    k = min(folds, n)
+    order = np.random.default_rng(seed).permutation(n)
+    scores = np.empty(n, dtype=np.float64)
+    for f in range(k):
+        held = order[f::k]
+        rest = np.setdiff1d(order, held)
+        spec = rebuild()
+        chain, _ = _fit_chain(spec, [feats[i] for i in rest], None if ids is None else [ids[i] for i in rest])
+        scores[held] = chain.score_windows([feats[i] for i in held], None if ids is None else [ids[i] for i in held])
+    return scores
+
+
+def _fit_chain(spec: ModelSpec, feats: Sequence[torch.Tensor],
+               ids: Sequence[str] | None) -> tuple[Chain, list[torch.Tensor]]:
+    """Stages fitted in order, then the detector; returns the chain and the clips as the detector saw them."""
+    feats = list(feats)
+    for stage in spec.stages:
+        stage.fit(feats, ids)
+        feats = stage.transform_clips(feats)
+    spec.detector.fit(feats, ids)
+    return Chain(spec.stages, spec.detector), feats
 
 
 def train_bundle(
@@ -229,18 +266,32 @@ def train_bundle(
                               device=device, progress=progress, epochs=epochs)
     spec = build_spec(model_name, config, device=device, progress=progress, epochs=epochs)
     chosen = select_training_clips(clips, machine, ids)
-    fit_clips, hold_clips = split_holdout(chosen, spec.holdout, spec.seed, gamma=spec.threshold["method"] == "gamma")
+    cross = needs_cross_fit(len(chosen), spec.holdout, gamma=spec.threshold["method"] == "gamma")
+    fit_clips, hold_clips = (list(chosen), []) if cross else split_holdout(chosen, spec.holdout, spec.seed)
     dev = select_device(device or spec.detector.get_params().get("device", "auto"))
     show = bool(spec.detector.get_params().get("progress", True)) if progress is None else progress
-    log.info("%s/%s: %d clips to fit, %d held out, features on %s", model_name, machine, len(fit_clips),
-             len(hold_clips), describe(dev))
+    if cross:
+        log.info("%s/%s: %d clips are too few to hold %.0f%% out for the threshold: it comes from cross-fitted "
+                 "scores (%d folds, each scored by a model fitted on the others), the model from all %d clips, "
+                 "features on %s", model_name, machine, len(chosen), 100 * spec.holdout,
+                 min(MAX_FOLDS, len(chosen)), len(chosen), describe(dev))
+    else:
+        log.info("%s/%s: %d clips to fit, %d held out, features on %s", model_name, machine, len(fit_clips),
+                 len(hold_clips), describe(dev))
     t0 = time.perf_counter()
     fit_feats, fit_seconds = _featurise(fit_clips, spec.feature, dev, show)
     hold_feats, hold_seconds = _featurise(hold_clips, spec.feature, dev, show) if hold_clips else ([], 0.0)
     summary = {"data": data_source, "n_clips": len(chosen), "audio_seconds": round(fit_seconds + hold_seconds, 3),
                "feature_seconds": round(time.perf_counter() - t0, 3), "device": describe(dev)}
-    return fit_bundle(out, spec, fit_feats, [c.id for c in fit_clips], hold_feats, [c.id for c in hold_clips],
-                      machine=machine, summary=summary)
+    fit_ids = [c.id for c in fit_clips]
+    oof = None
+    if cross:
+        def rebuild() -> ModelSpec:
+            return build_spec(model_name, config, device=device, progress=False, epochs=epochs)
+
+        oof = cross_fitted_scores(rebuild, fit_feats, fit_ids, spec.seed)
+    return fit_bundle(out, spec, fit_feats, fit_ids, hold_feats, [c.id for c in hold_clips],
+                      machine=machine, summary=summary, cross_fitted=oof)
 
 
 # -- tensors in -------------------------------------------------------------------------------------------------
@@ -258,10 +309,12 @@ def fit_bundle(
     summary: dict[str, Any] | None = None,
     extra: dict[str, Any] | None = None,
     members: dict[str, Path] | None = None,
+    cross_fitted: np.ndarray | None = None,
 ) -> Path:
     """Fit the stages in order, then the detector, on `fit` (per-clip feature matrices with their machine ids);
     set the threshold on the scores of `holdout` (the training clips' own scores when there is none, which
-    gives an optimistic, too low threshold); write the bundle.
+    gives an optimistic, too low threshold), or on `cross_fitted` (out-of-fold scores of the `fit` clips, see
+    `cross_fitted_scores`) when given; write the bundle.
 
     Per-id thresholds are set for every id with enough held-out clips when `spec.per_id_thresholds` (an id
     without gets the global one): machine ids of one type often score on different scales.
@@ -272,17 +325,21 @@ def fit_bundle(
     ids_hold = None if holdout_ids is None else [str(i) for i in holdout_ids]
     t0 = time.perf_counter()
     cpu0 = time.process_time()  # CPU time of all threads: tells a slow machine from a busy one
-    feats = fit
-    for stage in spec.stages:
-        stage.fit(feats, ids_fit)
-        feats = stage.transform_clips(feats)
-    spec.detector.fit(feats, ids_fit)
+    chain, transformed = _fit_chain(spec, fit, ids_fit)
     t_fit, cpu_fit = time.perf_counter() - t0, time.process_time() - cpu0
-    chain = Chain(spec.stages, spec.detector)
-    train_scores = spec.detector.score(feats, ids_fit)  # the fit clips through the stages already: no second pass
-    scores = chain.score_windows(holdout, ids_hold) if holdout else train_scores
-    scored_ids = ids_hold if holdout else ids_fit
-    threshold, info = fit_threshold(scores, **spec.threshold)
+    train_scores = spec.detector.score(transformed, ids_fit)  # the fit clips through the stages already
+    if cross_fitted is not None:
+        scores, scored_ids, source = np.asarray(cross_fitted, dtype=np.float64), ids_fit, "cross-fitted"
+    elif holdout:
+        scores, scored_ids, source = chain.score_windows(holdout, ids_hold), ids_hold, "holdout"
+    else:
+        scores, scored_ids, source = train_scores, ids_fit, "training"
+    threshold_spec = spec.threshold
+    if threshold_spec["method"] == "gamma" and len(scores) < MIN_GAMMA_SCORES:
+        threshold_spec = parse_threshold_spec("percentile:100")
+        log.warning("%d out-of-fold scores are too few for a gamma fit: the threshold is the highest of them; "
+                    "expect false alarms until the model is retrained on more normal clips", len(scores))
+    threshold, info = fit_threshold(scores, **threshold_spec)
     per_id = _per_id_thresholds(scores, scored_ids, spec) if spec.per_id_thresholds else {}
 
     history = getattr(spec.detector, "history_", None) or []
@@ -293,7 +350,8 @@ def fit_bundle(
         "n_holdout_clips": len(holdout),
         "holdout": spec.holdout,
         "n_vectors": sum(int(f.shape[0]) for f in fit),
-        "threshold_scores": "holdout" if holdout else "training",
+        "threshold_scores": source,
+        "cross_fit_folds": min(MAX_FOLDS, len(fit)) if cross_fitted is not None else None,
         "score_stats": {"mean": float(np.mean(scores)), "std": float(np.std(scores)),
                         "min": float(np.min(scores)), "max": float(np.max(scores))},
         # the MIMII study's decision rule, reported by `evaluate` beside the bundle's own threshold

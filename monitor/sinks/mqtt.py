@@ -124,6 +124,7 @@ class MqttSink:
         self._node_uid = f"asd-{ha_id(self.node)}"  # HA node id and unique-id prefix
         self._legacy_node_id = _ID_UNSAFE.sub("_", f"asd_{self.node}").strip("_")  # before 0.2: removed on sight
         self._origin = {"name": "asd-monitor", "sw_version": own_version()}
+        self._expected_topics: set[str] = set()  # discovery config topics of the known sources
         for source in sources:
             if not self._known(source):
                 raise ValueError(f"sources {self._sources[sanitize_topic_part(source)]!r} and {source!r} would "
@@ -247,6 +248,7 @@ class MqttSink:
         if key in self._sources:
             return False
         self._sources[key] = source
+        self._expected_topics.update(self._discovery_topics(source))
         return True
 
     def _announce(self, source: str) -> None:
@@ -276,14 +278,24 @@ class MqttSink:
             "device": self._node_device(),
             "origin": self._origin,
         }
-        topic = f"{self._discovery_prefix}/binary_sensor/{self._node_uid}/online/config"
-        return [_Message(topic, _json(config), 1, True)]
+        return [_Message(self._node_topic, _json(config), 1, True)]
+
+    @property
+    def _node_topic(self) -> str:
+        return f"{self._discovery_prefix}/binary_sensor/{self._node_uid}/online/config"
+
+    def _discovery_topics(self, source: str) -> tuple[str, str, str]:
+        """The alarm, audio-input and score config topics of `source`."""
+        prefix, source_id = self._discovery_prefix, ha_id(source)
+        return (f"{prefix}/binary_sensor/{self._node_uid}/{source_id}_alarm/config",
+                f"{prefix}/binary_sensor/{self._node_uid}/{source_id}_audio/config",
+                f"{prefix}/sensor/{self._node_uid}/{source_id}_score/config")
 
     def _discovery_messages(self, source: str) -> list[_Message]:
         """One HA device per monitored machine (source), linked to the node's device, with three entities: the
         alarm (problem), the audio input's health from `<source>/status` (connectivity: an unplugged microphone
         shows as disconnected, not as a quiet machine), and the score (expires when scores stop coming)."""
-        prefix, source_id = self._discovery_prefix, ha_id(source)
+        source_id = ha_id(source)
         availability = {"availability_topic": self.availability_topic, "payload_available": "online",
                         "payload_not_available": "offline"}
         device = {"identifiers": [f"{self._node_uid}-{source_id}"], "name": source, "manufacturer": "asd-monitor",
@@ -320,11 +332,8 @@ class MqttSink:
             "expire_after": self.settings.ha_expire_after,
             "icon": "mdi:waveform",
         }
-        return [
-            _Message(f"{prefix}/binary_sensor/{self._node_uid}/{source_id}_alarm/config", _json(alarm), 1, True),
-            _Message(f"{prefix}/binary_sensor/{self._node_uid}/{source_id}_audio/config", _json(audio), 1, True),
-            _Message(f"{prefix}/sensor/{self._node_uid}/{source_id}_score/config", _json(score), 1, True),
-        ]
+        return [_Message(topic, _json(config), 1, True)
+                for topic, config in zip(self._discovery_topics(source), (alarm, audio, score))]
 
     def _all_discovery(self) -> list[_Message]:
         return self._node_discovery() + [m for source in self._sources.values()
@@ -345,7 +354,8 @@ class MqttSink:
     async def _remove_stale_discovery(self, client: aiomqtt.Client, topic: str) -> None:
         """An empty retained config removes the entity: for configs of this node (this or an earlier scheme)
         that no configured source publishes any more."""
-        if topic not in {m.topic for m in self._all_discovery()}:
+        # this node's configs come back once each on subscription: the set is kept, not rebuilt per message
+        if topic != self._node_topic and topic not in self._expected_topics:
             log.info("Home Assistant: removing %s (its source is no longer configured)", topic)
             await self._send(client, _Message(topic, b"", 1, True))
 

@@ -49,7 +49,7 @@ async def collect(source, queue: BlockQueue) -> list[AudioBlock]:
     return blocks
 
 
-async def test_replay_at_speed_0_delivers_every_sample_in_order_with_gaps_between_files(tmp_path):
+async def test_replay_at_speed_0_delivers_every_sample_in_order_as_one_stream_across_files(tmp_path):
     a, b = write_wav(tmp_path / "a.wav", 1.05), write_wav(tmp_path / "b.wav", 0.5)
     events: list = []
     q = BlockQueue(4)
@@ -58,7 +58,7 @@ async def test_replay_at_speed_0_delivers_every_sample_in_order_with_gaps_betwee
     got = np.concatenate([bl.samples for bl in blocks])
     want = np.concatenate([sf.read(a, dtype="float32")[0], sf.read(b, dtype="float32")[0]])
     np.testing.assert_array_equal(got, want)
-    assert [i for i, bl in enumerate(blocks) if bl.gap] == [0, 11]  # a: 10 full blocks + 1 partial
+    assert [i for i, bl in enumerate(blocks) if bl.gap] == [0]  # b continues a: no feature restart between files
     times = np.array([bl.time for bl in blocks])
     ends = np.cumsum([bl.samples.size for bl in blocks]) / SR
     np.testing.assert_allclose(times - times[0], ends - ends[0], atol=1e-6)  # the audio clock, not the wall clock
@@ -91,11 +91,53 @@ async def test_duration_stops_a_replay_after_that_much_audio(tmp_path):
     assert sum(b.samples.size for b in blocks) == round(0.33 * SR)
 
 
-async def test_loop_replays_again_with_a_gap(tmp_path):
+async def test_loop_continues_the_stream(tmp_path):
     q = BlockQueue(100)
     src = ReplaySource("r", [write_wav(tmp_path / "a.wav", 0.3)], q, lambda e: None, SR, 0.1, 0.0, 0.9, loop=True)
     blocks = await collect(src, q)
-    assert [i for i, b in enumerate(blocks) if b.gap] == [0, 3, 6]
+    assert [i for i, b in enumerate(blocks) if b.gap] == [0] and len(blocks) == 9
+
+
+async def test_replay_plays_the_configured_channel(tmp_path):
+    stereo = np.stack([np.full(SR // 2, 0.1, np.float32), np.full(SR // 2, -0.3, np.float32)], axis=1)
+    sf.write(tmp_path / "st.wav", stereo, SR, subtype="FLOAT")
+    q = BlockQueue(100)
+    blocks = await collect(ReplaySource("r", [tmp_path / "st.wav"], q, lambda e: None, SR, 0.1, 0.0, channel=1), q)
+    np.testing.assert_array_equal(np.concatenate([b.samples for b in blocks]), stereo[:, 1])
+
+
+async def test_a_nan_in_the_middle_stops_that_file_there_and_the_next_plays_after_a_gap(tmp_path):
+    x = np.random.default_rng(0).uniform(-0.5, 0.5, 5 * SR).astype(np.float32)
+    x[int(4.55 * SR)] = np.nan  # in the third 2 s decode chunk
+    sf.write(tmp_path / "bad.wav", x, SR, subtype="FLOAT")
+    good = write_wav(tmp_path / "good.wav", 0.3)
+    events: list = []
+    q = BlockQueue(100)
+    blocks = await collect(ReplaySource("r", [tmp_path / "bad.wav", good], q, events.append, SR, 0.1, 0.0), q)
+    assert [b.gap for b in blocks] == [True] + [False] * 39 + [True] + [False] * 2  # 4 s, then good.wav
+    np.testing.assert_array_equal(np.concatenate([b.samples for b in blocks[:40]]), x[: 4 * SR])
+    [error] = [e for e in events if isinstance(e, CounterEvent)]
+    assert "bad.wav" in error.detail and "the first at 4.550 s" in error.detail
+
+
+def test_replay_memory_does_not_grow_with_the_file(tmp_path):
+    """A 10-minute file (38 MB as float32) is read a block at a time: the replay holds kilobytes, not the file."""
+    import tracemalloc
+
+    long = tmp_path / "long.wav"
+    with sf.SoundFile(long, "w", SR, 1, subtype="PCM_16") as f:
+        block = np.random.default_rng(1).uniform(-0.5, 0.5, SR).astype(np.float32)
+        for _ in range(600):
+            f.write(block)
+    src = ReplaySource("r", [long], BlockQueue(4), lambda e: None, SR, 0.25, 0.0)
+    tracemalloc.start()
+    try:
+        n = sum(samples.size for _, samples in src.blocks())
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert n == 600 * SR
+    assert peak < 2 << 20, peak  # the whole file would be 38 MB
 
 
 @pytest.mark.parametrize(
@@ -115,7 +157,7 @@ async def test_a_bad_file_is_an_error_and_the_next_file_still_plays(tmp_path, ma
     events: list = []
     q = BlockQueue(100)
     blocks = await collect(ReplaySource("r", [bad, good], q, events.append, SR, 0.1, 0.0), q)
-    assert sum(b.samples.size for b in blocks) == int(0.3 * SR)
+    assert sum(b.samples.size for b in blocks) == int(0.3 * SR) and blocks[0].gap
     errors = [e for e in events if isinstance(e, CounterEvent)]
     assert [e.name for e in errors] == ["input_errors"] and needle in errors[0].detail and "bad.wav" in errors[0].detail
     states = [e.state for e in events if isinstance(e, SourceStatus)]

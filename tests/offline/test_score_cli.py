@@ -88,3 +88,30 @@ def test_unloadable_bundle_exits_2(tmp_path: Path, setup: dict[str, Any], capsys
     captured = capsys.readouterr()
     assert captured.out == ""
     assert str(tmp_path) in captured.err
+
+
+def test_a_long_recording_is_scored_in_windows_as_the_monitor_scores_it(
+    setup: dict[str, Any], tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    rng = np.random.default_rng(7)
+    x = np.concatenate([tone_clip(440.0, rng) for _ in range(12)] + [tone_clip(440.0, rng, "loud")] * 3)
+    path = tmp_path / "long.wav"
+    sf.write(path, x, SR)
+    bundle = load_bundle(setup["bundle"], device="cpu")
+    rc = main(["score", "--bundle", str(setup["bundle"]), "--device", "cpu", "--long-seconds", "2",
+               "--window-scores", str(path)])
+    assert rc == 0
+    [line] = _lines(capsys.readouterr().out)
+    scorer = bundle.stream_scorer(1, bundle.window_seconds, bundle.hop_seconds)  # the monitor's path, at once
+    expected = [(end / SR, score) for end, score in scorer.accept([load_wav(path, SR)[0]])[0]]
+    assert line["windows"] == len(expected) > 1
+    got = line["window_scores"]
+    assert [e for e, _ in got] == pytest.approx([e for e, _ in expected], abs=1e-3)
+    np.testing.assert_allclose([s for _, s in got], [s for _, s in expected], rtol=1e-5)
+    assert line["score"] == pytest.approx(max(s for _, s in expected), rel=1e-5)
+    above = [e for e, s in expected if s > line["threshold"]]
+    assert line["anomalous_windows"] == len(above)
+    assert line["first_anomalous_s"] == (pytest.approx(above[0], abs=1e-3) if above else None)
+    assert line["anomalous"] == bool(above)
+    rc = main(["score", "--bundle", str(setup["bundle"]), "--device", "cpu", str(path)])  # under the default limit
+    assert rc == 0 and "windows" not in _lines(capsys.readouterr().out)[0]

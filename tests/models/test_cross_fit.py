@@ -1,0 +1,65 @@
+"""Thresholds from few normal clips: when cross-fitting is used, that every clip's score comes from a model that
+did not see it, and what is refused."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from models.scoring import Chain
+from models.training.recipe import MAX_FOLDS, build_spec, cross_fitted_scores, fit_bundle, needs_cross_fit
+from models.bundle import load_bundle
+
+CONFIG = {"params": {"n_estimators": 20}, "seed": 3}
+
+
+def clips(n: int, seed: int = 0) -> list[torch.Tensor]:
+    rng = np.random.default_rng(seed)
+    return [torch.from_numpy(rng.normal(i % 3, 1.0, (1, 6)).astype(np.float32)) for i in range(n)]
+
+
+def spec():
+    return build_spec("iforest", CONFIG, feature_overrides={"kind": "vectors", "dim": 6})
+
+
+@pytest.mark.parametrize(("n", "holdout", "gamma", "cross"), [
+    (8, 0.1, True, True),     # 1 held out: a gamma fit needs 3
+    (20, 0.1, True, True),    # 2 held out
+    (30, 0.1, True, False),   # 3 held out: enough
+    (20, 0.1, False, False),  # percentile: 2 held-out scores will do
+    (2, 0.5, False, False),
+    (2, 0.9, False, True),    # nothing left to fit on
+    (5, 0.0, True, False),    # holdout 0 asks for the training scores themselves
+])
+def test_when_the_threshold_is_cross_fitted(n: int, holdout: float, gamma: bool, cross: bool) -> None:
+    assert needs_cross_fit(n, holdout, gamma) is cross
+
+
+def test_a_single_clip_is_refused_with_what_to_do() -> None:
+    with pytest.raises(ValueError, match="give at least 2"):
+        needs_cross_fit(1, 0.1, True)
+
+
+def test_every_clip_is_scored_by_a_model_fitted_without_it() -> None:
+    feats = clips(8)
+    oof = cross_fitted_scores(spec, feats, None, seed=5)
+    order = np.random.default_rng(5).permutation(8)
+    for f in range(MAX_FOLDS):  # rebuild each fold by hand
+        held = order[f::MAX_FOLDS]
+        model = spec()
+        model.detector.fit([feats[i] for i in range(8) if i not in held])
+        expected = Chain([], model.detector).score_windows([feats[i] for i in held])
+        np.testing.assert_allclose(oof[held], expected, rtol=1e-6)
+    seen = spec()
+    seen.detector.fit(feats)  # a model that saw the clips scores them lower: the cross-fitted ones are honest
+    assert np.mean(oof) > np.mean(seen.detector.score(feats))
+
+
+def test_the_bundle_records_cross_fitted_scores_and_two_clips_fall_back_to_their_maximum(tmp_path) -> None:
+    feats = clips(2)
+    oof = cross_fitted_scores(spec, feats, None, seed=0)
+    path = fit_bundle(tmp_path / "b", spec(), feats, None, machine="fan", cross_fitted=oof)
+    b = load_bundle(path, device="cpu")
+    assert b.meta["training"]["threshold_scores"] == "cross-fitted"
+    assert b.threshold_method == "percentile" and b.threshold == pytest.approx(float(oof.max()))
