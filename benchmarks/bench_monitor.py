@@ -11,6 +11,9 @@ then the largest real-time N found by doubling and bisection, and the memory per
     python -m benchmarks.bench_monitor --levels 10 --seconds 10 --no-search   # a quick check
     python -m benchmarks.bench_monitor --model iforest       # configs/iforest.yaml -> results/monitor_cpu_iforest.json
     python -m benchmarks.bench_monitor --bundle DIR --name NAME   # an existing bundle, as it is
+    python -m benchmarks.bench_monitor --levels 100,400 --no-search --replay-seconds 1 --name monitor_cpu_replay_1s
+    python -m benchmarks.bench_monitor --levels 100,400 --no-search --replay-seconds 3600 --name monitor_cpu_replay_1h
+                                                             # memory per stream for short (looped) and long files
 
 `--model M` (with `--config PATH`, default configs/M.yaml) trains the measured bundle with that config on
 `--train-clips` synthetic normal fan clips (`asd-offline synth`, seed 0) instead of the quick DCASE AE; training-set
@@ -85,11 +88,14 @@ def train_model_bundle(work: Path, model: str, config: dict[str, Any], n_clips: 
                         progress=False)
 
 
+GENERATED_SECONDS = 60  # longer replay files repeat this much generated audio (the content does not matter there)
+
+
 def prepare(work: Path, seconds: float, model: str | None = None, config: dict[str, Any] | None = None,
             train_clips: int = 100, bundle: Path | None = None) -> tuple[Path, list[Path]]:
     """A DCASE AE bundle (quick training: its speed, not its accuracy, is measured), or `model` trained with
-    `config` (`train_model_bundle`), or the given `bundle` as it is; and three wavs long enough for a whole level
-    (a looping replay restarts its features at each loop, which would leave windows unscored)."""
+    `config` (`train_model_bundle`), or the given `bundle` as it is; and three wavs of `seconds` (written a minute
+    at a time, so an hour-long file needs no hour in memory)."""
     import soundfile as sf
 
     from models.bundle import save_bundle
@@ -102,11 +108,14 @@ def prepare(work: Path, seconds: float, model: str | None = None, config: dict[s
     wavs, clips = [], []
     for m in MACHINES:
         voice = MachineVoice(m, 0, SAMPLE_RATE, seed=0)
-        x = voice.generate(int(seconds * SAMPLE_RATE))
+        total = int(seconds * SAMPLE_RATE)
+        x = voice.generate(min(total, GENERATED_SECONDS * SAMPLE_RATE))
         path = work / f"{m}.wav"
-        sf.write(path, x, SAMPLE_RATE, subtype="PCM_16")
+        with sf.SoundFile(path, "w", SAMPLE_RATE, 1, subtype="PCM_16") as f:
+            for start in range(0, total, x.size):
+                f.write(x[: total - start])
         wavs.append(path)
-        clips.append(x[: 10 * SAMPLE_RATE])
+        clips.append(np.resize(x, 10 * SAMPLE_RATE))
     if bundle is not None:
         return bundle, wavs
     if model is not None:
@@ -185,7 +194,8 @@ class Recorder:
         return None
 
 
-def one_level(n: int, bundle: Path, wavs: list[Path], mqtt: str | None, warmup: float, seconds: float) -> dict:
+def one_level(n: int, bundle: Path, wavs: list[Path], mqtt: str | None, warmup: float, seconds: float,
+              loop: bool = False) -> dict:
     """Run the daemon with `n` streams in this process; returns the measurements of the measured period."""
     from monitor.config import parse_config
     from monitor.daemon import Daemon
@@ -198,7 +208,7 @@ def one_level(n: int, bundle: Path, wavs: list[Path], mqtt: str | None, warmup: 
         "bundle": str(bundle),
         "sources": [{"name": f"s{i}", "replay": [str(wavs[i % len(wavs)])]} for i in range(n)],
         "pipeline": {"device": "cpu", "block_seconds": 0.25, "queue_blocks": 64},
-        "replay": {"speed": 1.0, "duration_seconds": WINDOW_SECONDS + warmup + seconds},
+        "replay": {"speed": 1.0, "duration_seconds": WINDOW_SECONDS + warmup + seconds, "loop": loop},
         "sinks": sinks,
     })
     t0 = time.time()
@@ -225,7 +235,8 @@ def one_level(n: int, bundle: Path, wavs: list[Path], mqtt: str | None, warmup: 
 def run_level(n: int, args: argparse.Namespace, bundle: Path, wavs: list[Path], mqtt: str | None) -> dict:
     """One level in a fresh interpreter, so peak RSS belongs to that level alone."""
     cmd = [sys.executable, "-m", "benchmarks.bench_monitor", "--one-level", str(n), "--bundle", str(bundle), "--wavs", *map(str, wavs),
-           "--warmup", str(args.warmup), "--seconds", str(args.seconds)] + (["--mqtt", mqtt] if mqtt else [])
+           "--warmup", str(args.warmup), "--seconds", str(args.seconds)] + (["--mqtt", mqtt] if mqtt else []) + (
+               ["--loop"] if replay_seconds(args) < WINDOW_SECONDS + args.warmup + args.seconds else [])
     timeout = WINDOW_SECONDS + args.warmup + args.seconds + 600
     out = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=timeout)
     if out.returncode != 0:
@@ -238,6 +249,11 @@ def run_level(n: int, args: argparse.Namespace, bundle: Path, wavs: list[Path], 
           f"{result['windows_expected']}, RSS {result['peak_rss_mib']:.0f} MiB -> "
           f"{'real time' if result['real_time'] else 'FALLS BEHIND'}", flush=True)
     return result
+
+
+def replay_seconds(args: argparse.Namespace) -> float:
+    """Length of the replayed files: `--replay-seconds`, else enough for a whole level without looping."""
+    return args.replay_seconds or WINDOW_SECONDS + args.warmup + args.seconds + 5
 
 
 def search_max(args: argparse.Namespace, run: Any, results: dict[int, dict]) -> int:
@@ -280,13 +296,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--train-clips", type=int, default=100, help="synthetic normal clips --model is trained on")
     p.add_argument("--bundle", type=Path, help="measure this existing bundle instead of training one")
     p.add_argument("--name", help="result name (default monitor_cpu, monitor_cpu_MODEL with --model/--bundle)")
+    p.add_argument("--replay-seconds", type=float, default=None,
+                   help="length of the replayed files (shorter than a level: looped); default: a level's length")
     p.add_argument("--one-level", type=int, help=argparse.SUPPRESS)
+    p.add_argument("--loop", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--wavs", nargs="*", type=Path, help=argparse.SUPPRESS)
     p.add_argument("--mqtt", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
 
     if args.one_level is not None:  # the child: one level, JSON on the last line of stdout
-        print(json.dumps(one_level(args.one_level, args.bundle, args.wavs, args.mqtt, args.warmup, args.seconds)))
+        print(json.dumps(one_level(args.one_level, args.bundle, args.wavs, args.mqtt, args.warmup, args.seconds,
+                                   args.loop)))
         return 0
 
     model: str | None = None
@@ -303,7 +323,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"load average {load_at_start} on {os.cpu_count()} cores", flush=True)
     with tempfile.TemporaryDirectory(prefix="bench-monitor-") as tmp:
         work = Path(tmp)
-        bundle, wavs = prepare(work, WINDOW_SECONDS + args.warmup + args.seconds + 5, model, config,
+        bundle, wavs = prepare(work, replay_seconds(args), model, config,
                                args.train_clips, args.bundle)
         measured = None if model is None and args.bundle is None else bundle_summary(bundle, args)
         broker, mqtt = start_mosquitto(work)
@@ -326,6 +346,7 @@ def main(argv: list[str] | None = None) -> int:
         "settings": {"sample_rate": SAMPLE_RATE, "window_seconds": WINDOW_SECONDS, "hop_seconds": HOP_SECONDS,
                      "model": label, "block_seconds": 0.25, "warmup_seconds": args.warmup,
                      "measured_seconds": args.seconds, "mqtt": bool(mqtt), "prometheus": True,
+                     "replay_file_seconds": replay_seconds(args),
                      "load_average_at_start": load_at_start, "load_average_at_end": os.getloadavg()},
         "max_real_time_streams": best,
         "memory_per_stream_mib": per_stream,

@@ -58,6 +58,7 @@ class WavReader:
                 f"{path}: sample rate is {info.samplerate} Hz, {sample_rate} Hz is required (resample=True converts it)"
             )
         self.channel, self.file_rate, self.frames = channel, int(info.samplerate), int(info.frames)
+        self.channels = int(info.channels)
         self.sample_rate = int(sample_rate or info.samplerate)
 
     def read(self) -> np.ndarray:

@@ -325,6 +325,8 @@ def load_bundle(path: str | Path, device: str | torch.device = "auto") -> Bundle
         meta = json.loads(json_path.read_text())
     except FileNotFoundError:
         raise BundleError(f"{json_path}: missing (not a bundle directory?)") from None
+    except OSError as exc:  # a folder, unreadable
+        raise BundleError(f"{json_path}: cannot be read ({exc.strerror or exc})") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise BundleError(f"{json_path}: malformed JSON: {exc}") from exc
     if not isinstance(meta, dict):

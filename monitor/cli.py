@@ -12,7 +12,9 @@ import logging
 import sys
 
 from models.runtime import keep_freed_memory, own_version, setup_logging
-from monitor.config import ConfigError, MonitorConfig, load_config
+from pydantic import ValidationError
+
+from monitor.config import ConfigError, MonitorConfig, describe_validation_error, load_config
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -75,8 +77,8 @@ def apply_args(cfg: MonitorConfig, args: argparse.Namespace) -> MonitorConfig:
         data["sinks"]["mqtt"] = mqtt
     try:
         return MonitorConfig.model_validate(data)
-    except Exception as exc:  # pydantic's ValidationError, reported like a config file error
-        raise ConfigError(f"command line: {exc}") from None
+    except ValidationError as exc:  # each bad key and why, never the value (a URL may carry a password)
+        raise ConfigError(describe_validation_error(exc, "command line")) from None
 
 
 def _setup_logging(verbose: int) -> None:
@@ -105,7 +107,7 @@ def run(args: argparse.Namespace) -> int:
         tui = cfg.sinks.tui.enabled and sys.stdout.isatty()
         daemon = Daemon(cfg, synth=synth, synth_bundle=synth_bundle, tui=tui)
         return asyncio.run(daemon.run())
-    except (ConfigError, DaemonError, DeviceError, FileNotFoundError) as exc:
+    except (ConfigError, DaemonError, DeviceError, OSError) as exc:  # OSError: e.g. the metrics port is taken
         logging.getLogger("asd-monitor").debug("details", exc_info=True)
         print(f"asd-monitor: error: {exc}", file=sys.stderr)
         return 2

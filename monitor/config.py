@@ -224,11 +224,14 @@ class SinksConfig(_Strict):
     jsonl: JsonlConfig = Field(default_factory=JsonlConfig)
 
 
+MAX_WINDOW_SECONDS = 3600.0  # a longer window would hold hours of audio per source before its first score
+
+
 class PipelineConfig(_Strict):
     """Windowing and signal-health settings shared by all sources."""
 
-    window_seconds: float | None = Field(None, gt=0, description="default: the bundle's")
-    hop_seconds: float | None = Field(None, gt=0, description="default: the bundle's")
+    window_seconds: float | None = Field(None, gt=0, le=MAX_WINDOW_SECONDS, description="default: the bundle's")
+    hop_seconds: float | None = Field(None, gt=0, le=MAX_WINDOW_SECONDS, description="default: the bundle's")
     device: str = "auto"
     torch_threads: int | None = Field(None, ge=1, description="CPU threads for features and scoring")
     silence_dbfs: float = -70.0
@@ -306,7 +309,8 @@ def substitute_env(value: Any, env: Mapping[str, str] | None = None, where: str 
     return None if out == "" and _ENV_REF.fullmatch(value) else out
 
 
-def _describe(exc: ValidationError, origin: str) -> str:
+def describe_validation_error(exc: ValidationError, origin: str) -> str:
+    """Each bad key and why, never the offending value (a malformed MQTT URL may carry a password)."""
     lines = []
     for err in exc.errors():
         loc = ".".join(str(p) for p in err["loc"]) or "(top level)"
@@ -320,7 +324,22 @@ def parse_config(data: dict[str, Any] | None, origin: str = "config") -> Monitor
     try:
         return MonitorConfig.model_validate(data or {})
     except ValidationError as exc:
-        raise ConfigError(_describe(exc, origin)) from None
+        raise ConfigError(describe_validation_error(exc, origin)) from None
+
+
+MAX_CONFIG_BYTES = 1 << 20
+MAX_YAML_ALIASES = 100  # anchors and aliases are fine; a "billion laughs" document expands without bound
+
+
+class _LimitedLoader(yaml.SafeLoader):
+    """`yaml.safe_load` that refuses more than `MAX_YAML_ALIASES` alias references."""
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        if self.check_event(yaml.AliasEvent):
+            self._aliases = getattr(self, "_aliases", 0) + 1
+            if self._aliases > MAX_YAML_ALIASES:
+                raise yaml.YAMLError(f"more than {MAX_YAML_ALIASES} YAML aliases (*name): refused")
+        return super().compose_node(parent, index)
 
 
 def load_config(path: str | Path | None, env: Mapping[str, str] | None = None) -> MonitorConfig:
@@ -329,11 +348,14 @@ def load_config(path: str | Path | None, env: Mapping[str, str] | None = None) -
         return MonitorConfig()
     path = Path(path)
     try:
+        if path.stat().st_size > MAX_CONFIG_BYTES:
+            raise ConfigError(f"{path}: {path.stat().st_size} bytes; a monitor config is at most "
+                              f"{MAX_CONFIG_BYTES} bytes")
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError(f"cannot read config {path}: {exc.strerror or exc}") from None
     try:
-        data = yaml.safe_load(text)
+        data = yaml.load(text, Loader=_LimitedLoader)
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: not valid YAML: {exc}") from None
     if data is not None and not isinstance(data, dict):

@@ -103,9 +103,12 @@ class Daemon:
 
     def _bundle(self, path: Path) -> "Bundle":
         """Each bundle directory is loaded once: sources sharing it share one object, hence one batched group."""
-        from models.bundle import load_bundle
+        from models.bundle import BundleError, load_bundle
 
-        key = path.resolve()
+        try:
+            key = path.resolve()
+        except (OSError, RuntimeError) as exc:  # a symlink loop is a RuntimeError in pathlib
+            raise BundleError(f"bundle directory {path}: {exc}") from None
         if key not in self._bundles:
             self._bundles[key] = load_bundle(path, device=self.cfg.pipeline.device)
             b = self._bundles[key]
@@ -227,10 +230,14 @@ class Daemon:
         _set_torch_threads(p.torch_threads)
         pipeline = Pipeline(self.fanout.publish, self.cfg.alarms, p)
         entries = self._build_sources()
+        for e in entries:
+            if e.problem is None:
+                assert e.bundle is not None
+                try:
+                    pipeline.add_source(e.source, e.bundle, e.threshold)
+                except ValueError as exc:  # e.g. a window shorter than one feature vector: this source only
+                    e.problem = f"bundle {e.bundle.name} cannot score source {e.source.name}: {exc}"
         good = [e for e in entries if e.problem is None]
-        for e in good:
-            assert e.bundle is not None
-            pipeline.add_source(e.source, e.bundle, e.threshold)
         sinks = self._build_sinks([(e.source.name, e.bundle.name if e.bundle is not None else None) for e in entries],
                                   ",".join(pipeline.models))
         self.fanout.sinks = sinks

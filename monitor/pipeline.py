@@ -37,6 +37,9 @@ CLIP_LEVEL = 0.999  # |sample| at or above this counts as clipped
 # a tick over tens of seconds of hundreds of streams needs gigabytes of temporaries and runs slower per second of
 # audio than small ticks, so it falls further behind. Bounded ticks keep memory flat and catch up.
 MAX_TICK_SECONDS = 1.0
+# Float audio is in [-1, 1]; a sample this far outside is no recording (a corrupt file, a wrong format): the block is
+# an input error of its source (its square overflows float32 in the features, which would poison the batch)
+MAX_SAMPLE = 1e3
 
 
 class StreamResampler:
@@ -161,6 +164,9 @@ class Pipeline:
         bundle.check_stream(source.machine_id)
         window_s = window_seconds or self.settings.window_seconds or bundle.window_seconds
         hop_s = hop_seconds or self.settings.hop_seconds or bundle.hop_seconds
+        if hop_s > window_s:
+            raise ValueError(f"a hop of {hop_s:g} s is longer than the {window_s:g} s window: the audio between "
+                             "windows would never be scored")
         key = (id(bundle), window_s, hop_s)
         group = self._groups.get(key)
         if group is None:
@@ -253,7 +259,12 @@ class Pipeline:
                     chunks[i] = self._prepare(group, slot, runs[r], events)
             if all(c is None for c in chunks):
                 continue
-            windows = group.scorer.accept(chunks)
+            try:
+                windows = group.scorer.accept(chunks)
+            except Exception as exc:  # noqa: BLE001 - one bad batch must not stop the daemon
+                events += self._scoring_failed(group, [work[i][0] for i, c in enumerate(chunks) if c is not None],
+                                               exc)
+                continue
             inference = time.perf_counter() - t0
             now = time.time()
             for i, found in enumerate(windows):
@@ -263,6 +274,19 @@ class Pipeline:
                 for end, score in found:
                     t = slot.last_time - (slot.fed - end) / sr
                     events += self._window_events(group, slot, score, t, inference, now)
+        return events
+
+    def _scoring_failed(self, group: _Group, slots: list[_Slot], exc: Exception) -> list[Event]:
+        """Every source of the failed call restarts its stream (their windows of this tick are lost), with an
+        error status and a count that name what happened."""
+        log.error("scoring %d source(s) with %s failed: %s", len(slots), group.bundle.name, exc, exc_info=exc)
+        detail = f"scoring failed ({type(exc).__name__}: {exc}): feature stream restarted"
+        events: list[Event] = []
+        for slot in slots:
+            self._reset(group, slot)
+            slot.state = "error"
+            events.append(CounterEvent("input_errors", slot.source.name, 1, detail))
+            events.append(SourceStatus(slot.source.name, "error", detail, time.time()))
         return events
 
     def _prepare(self, group: _Group, slot: _Slot, run: _Run, events: list[Event]) -> np.ndarray | None:
@@ -276,9 +300,12 @@ class Pipeline:
                 slot.resampler = StreamResampler(run.rate, target)
                 self._reset(group, slot)
             samples = slot.resampler(samples)
-        if not np.isfinite(samples).all():
+        magnitude = np.abs(samples)
+        peak = float(magnitude.max()) if samples.size else 0.0
+        if not np.isfinite(peak) or peak > MAX_SAMPLE:
             bad = int(np.count_nonzero(~np.isfinite(samples)))
-            detail = f"{bad} NaN/inf samples in the input: feature stream restarted"
+            what = f"{bad} NaN/inf samples" if bad else f"samples up to {peak:.3g}, not audio in [-1, 1]"
+            detail = f"{what} in the input: feature stream restarted"
             events.append(CounterEvent("input_errors", slot.source.name, 1, detail))
             events.append(SourceStatus(slot.source.name, "error", detail, time.time()))
             slot.state = "error"
@@ -291,7 +318,7 @@ class Pipeline:
         # while torch's threads hold the cores
         slot.sumsq += float(np.square(samples, dtype=np.float64).sum())
         slot.n_level += samples.size
-        slot.n_clipped += int(np.count_nonzero(np.abs(samples) >= CLIP_LEVEL))
+        slot.n_clipped += int(np.count_nonzero(magnitude >= CLIP_LEVEL))
         return samples
 
     @staticmethod
@@ -305,6 +332,11 @@ class Pipeline:
     def _window_events(
         self, group: _Group, slot: _Slot, score: float, t: float, inference: float, now: float
     ) -> list[Event]:
+        if not math.isfinite(score):  # NaN weights or features: not a score the alarm logic can use
+            detail = "the model produced a non-finite score (NaN/inf): window skipped; check the bundle"
+            slot.state = "error"
+            return [CounterEvent("input_errors", slot.source.name, 1, detail),
+                    SourceStatus(slot.source.name, "error", detail, now)]
         silence_dbfs, clipping_fraction = self.settings.silence_dbfs, self.settings.clipping_fraction
         if slot.n_level:  # several windows in one tick share the level of the audio that completed them
             slot.level = 10 * math.log10(slot.sumsq / slot.n_level) if slot.sumsq > 0 else float("-inf")

@@ -70,6 +70,7 @@ class BlockQueue:
         self.wake = wake or asyncio.Event()
         self.dropped = 0
         self.ended = False
+        self.closed = False
         self._items: deque[AudioBlock] = deque()
         self._room = asyncio.Event()
         self._room.set()
@@ -91,11 +92,19 @@ class BlockQueue:
         return dropped
 
     async def put(self, block: AudioBlock) -> None:
-        while len(self._items) >= self.maxsize:
+        """Wait for room, then enqueue; after `close()` the block is dropped at once (nothing will drain it)."""
+        while len(self._items) >= self.maxsize and not self.closed:
             self._room.clear()
             await self._room.wait()
+        if self.closed:
+            return
         self._items.append(block)
         self.wake.set()
+
+    def close(self) -> None:
+        """The consumer is gone (shutdown, or the pipeline failed): a producer waiting for room returns."""
+        self.closed = True
+        self._room.set()
 
     def drain(self, max_seconds: float | None = None) -> list[AudioBlock]:
         """Take the queued blocks, oldest first: all of them, or (at least one and) about `max_seconds` of audio."""
@@ -127,6 +136,7 @@ class Source(ABC):
 
     def stop(self) -> None:
         self._stopping.set()
+        self.queue.close()  # a replay waiting for room must not hold shutdown up
 
     def set_state(self, state: SourceState, detail: str = "") -> None:
         """Publish a status change (repeats of the same state are not re-published)."""
@@ -239,17 +249,20 @@ class ReplaySource(PacedSource):
         from models.audio import AudioError, WavReader
 
         gap = True
+        readers: dict[Path, WavReader] = {}  # validated once: a loop over short files reopens, not re-checks
         while True:
             good = 0
             for path in self.paths:
                 try:
-                    reader = WavReader(path, self.sample_rate, self.channel)
+                    reader = readers.get(path) or readers.setdefault(path, WavReader(path, self.sample_rate,
+                                                                                     self.channel))
                     for samples in reader.blocks(self.block, READ_FRAMES_SECONDS * self.sample_rate):
                         if self.state == "error":
                             self.set_state("online", f"playing {path.name}")
                         yield gap, samples
                         gap = False
                 except AudioError as exc:
+                    readers.pop(path, None)
                     self.count("input_errors", detail=str(exc))
                     self.set_state("error", str(exc))
                     gap = True

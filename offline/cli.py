@@ -51,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
         return int(module.run(args) or 0)
     except KeyboardInterrupt:
         return 130
-    except (ValueError, FileNotFoundError, RuntimeError) as exc:  # user-fixable problems: a message, not a traceback
+    except (ValueError, OSError, RuntimeError) as exc:  # user-fixable (an unwritable --out too): a message, exit 2
         logging.getLogger("asd-offline").debug("details", exc_info=True)
         print(f"asd-offline {args.command}: error: {exc}", file=sys.stderr)
         return 2

@@ -149,23 +149,56 @@ def _featurise(
     """Load and featurise clips in groups, keeping only the CPU feature matrices (raw audio is dropped per group).
 
     Returns the features and the seconds of audio read."""
-    from models.audio import load_wav
+    from models.audio import WavReader, level_dbfs
 
     feats: list[torch.Tensor] = []
     seconds = 0.0
+    notes: dict[str, list[str]] = {"resampled": [], "channel 0 of several": [], "silent": [], "clipped": []}
     bar = make_progress(progress, "features", len(clips))
     with bar or contextlib.nullcontext():
         for start in range(0, len(clips), _LOAD_GROUP):
             group = clips[start : start + _LOAD_GROUP]
-            wavs = [load_wav(c.path, sample_rate=feature.sample_rate, resample=True)[0] for c in group]
-            for clip, wav in zip(group, wavs):
+            wavs = []
+            for clip in group:
+                reader = WavReader(clip.path, sample_rate=feature.sample_rate, resample=True)
+                wav = reader.read()
+                name = str(clip.path)
+                if reader.file_rate != feature.sample_rate:
+                    notes["resampled"].append(f"{name} ({reader.file_rate} Hz)")
+                if reader.channels > 1:
+                    notes["channel 0 of several"].append(f"{name} ({reader.channels} channels)")
+                if level_dbfs(wav) < SILENT_DBFS:
+                    notes["silent"].append(name)
+                elif np.mean(np.abs(wav) >= CLIPPED_LEVEL) > CLIPPED_FRACTION:
+                    notes["clipped"].append(name)
                 if feature.n_vectors(wav.shape[0]) == 0:
                     raise ValueError(f"{clip.path}: {wav.shape[0]} samples is too short for one feature vector")
                 seconds += wav.shape[0] / feature.sample_rate
-            feats += [f.cpu() for f in feature.extract_batch(wavs, device)]
+                wavs.append(wav)
+            for clip, f in zip(group, feature.extract_batch(wavs, device)):
+                if not bool(torch.isfinite(f).all()):
+                    raise ValueError(f"{clip.path}: its {feature.kind} features are not finite (NaN/inf)")
+                feats.append(f.cpu())
             if bar is not None:
                 bar.update(bar.task_ids[0], advance=len(group))
+    _report(notes, len(clips), feature.sample_rate)
     return feats, seconds
+
+
+SILENT_DBFS = -70.0  # the monitor's default silence level: such a clip teaches the model silence, not the machine
+CLIPPED_LEVEL, CLIPPED_FRACTION = 0.999, 0.01
+
+
+def _report(notes: dict[str, list[str]], n: int, rate: int) -> None:
+    """One warning per kind of training-data trouble, naming the clips (the first ten)."""
+    what = {"resampled": f"were resampled to {rate} Hz", "channel 0 of several": "are multi-channel: channel 0 was used",
+            "silent": f"are silent (below {SILENT_DBFS:g} dBFS): they teach the model silence and lower the "
+                      "threshold; remove them",
+            "clipped": f"are clipped (over {CLIPPED_FRACTION:.0%} of samples at full scale): check the input gain"}
+    for kind, names in notes.items():
+        if names:
+            shown = ", ".join(names[:10]) + (f" and {len(names) - 10} more" if len(names) > 10 else "")
+            log.warning("%d of %d training clips %s: %s", len(names), n, what[kind], shown)
 
 
 def select_training_clips(clips: Sequence[ClipLike], machine: str, ids: Sequence[str] | None) -> list[ClipLike]:

@@ -27,10 +27,17 @@ def test_bad_sources_report_errors_and_the_good_one_goes_on(tmp_path, bundle_dir
     x = machine_audio(1.0, 1)
     x[500:510] = np.nan
     sf.write(nan, x, SR, subtype="FLOAT")
-    config = f"sources:\n  - name: nobundle\n    replay: {good}\n    bundle: {tmp_path / 'missing-bundle'}\n"
+    huge = tmp_path / "huge.wav"  # finite, but its square overflows float32: it used to stop every source
+    x = machine_audio(2.0, 1)
+    x[8000] = 3e19
+    sf.write(huge, x, SR, subtype="FLOAT")
+    loop = tmp_path / "loop-bundle"
+    loop.symlink_to(loop)  # a bundle directory that is a symlink loop: only its source stops
+    config = (f"sources:\n  - name: nobundle\n    replay: {good}\n    bundle: {tmp_path / 'missing-bundle'}\n"
+              f"  - name: loopbundle\n    replay: {good}\n    bundle: {loop}\n")
     live = mqtt_collector([f"{BASE}/#"])
     d = start_daemon(tmp_path, "--bundle", str(bundle_dir), "--speed", "0", "--mqtt", mosquitto.url,
-                     *[a for p in (good, corrupt, rate, nan) for a in ("--replay", str(p))], config=config)
+                     *[a for p in (good, corrupt, rate, nan, huge) for a in ("--replay", str(p))], config=config)
     daemons.append(d)
     assert d.wait() == 0, d.output()
     live.wait_for(f"{BASE}/availability", payload=b"offline")
@@ -38,7 +45,8 @@ def test_bad_sources_report_errors_and_the_good_one_goes_on(tmp_path, bundle_dir
     def states(source: str) -> list[tuple[str, str]]:
         return [(m.json()["state"], m.json()["detail"]) for m in live.on(f"{BASE}/{source}/status")]
 
-    expected = {"corrupt": "corrupt.wav", "rate": f"{2 * SR} Hz", "nan": "NaN", "nobundle": "missing-bundle"}
+    expected = {"corrupt": "corrupt.wav", "rate": f"{2 * SR} Hz", "nan": "NaN", "nobundle": "missing-bundle",
+                "huge": "not audio in [-1, 1]", "loopbundle": "loop-bundle"}
     for source, needle in expected.items():
         errors = [detail for state, detail in states(source) if state == "error"]
         assert errors and needle in errors[0], (source, states(source))
@@ -46,6 +54,23 @@ def test_bad_sources_report_errors_and_the_good_one_goes_on(tmp_path, bundle_dir
     assert states("good")[-1][0] == "ended"
     scores = [json.loads(m.payload) for m in live.on(f"{BASE}/good/score")]
     assert scores and all(s["source"] == "good" for s in scores)
+    assert "Traceback" not in d.output()
+
+
+def test_a_metrics_port_in_use_is_a_message_and_exit_2(tmp_path, bundle_dir, daemons):
+    import socket
+
+    good = tmp_path / "good.wav"
+    sf.write(good, machine_audio(1.0, 1), SR, subtype="FLOAT")
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        d = start_daemon(tmp_path, "--bundle", str(bundle_dir), "--replay", str(good), "--speed", "0",
+                         "--prometheus-port", str(taken.getsockname()[1]))
+        daemons.append(d)
+        assert d.wait() == 2
+    out = d.output()
+    assert "asd-monitor: error: Prometheus sink cannot listen on 127.0.0.1" in out and "Traceback" not in out
 
 
 def test_missing_default_bundle_exits_2_naming_it(tmp_path, daemons):

@@ -267,3 +267,9 @@ def test_per_id_thresholds_round_trip(tmp_path: Path, detector: DcaseAE) -> None
     assert (b.threshold_for("id_00"), b.threshold_for("id_02"), b.threshold_for(None)) == (0.5, 1.0, 1.0)
     with pytest.raises(BundleError, match="must be finite"):
         save_bundle(tmp_path / "nan", detector, FEATURE, 1.0, {}, "fan", [], {}, per_id_thresholds={"a": float("inf")})
+
+
+def test_a_bundle_json_that_is_a_folder_is_a_bundle_error(tmp_path: Path) -> None:
+    (tmp_path / "b" / "bundle.json").mkdir(parents=True)
+    with pytest.raises(BundleError, match="cannot be read"):
+        load_bundle(tmp_path / "b", device="cpu")

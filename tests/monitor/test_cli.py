@@ -62,6 +62,24 @@ def test_bad_flag_values_are_config_errors():
         cli.apply_args(load_config(None), args)
 
 
+def test_a_malformed_mqtt_url_error_does_not_show_its_password():
+    args = cli.build_parser().parse_args(["--mqtt", "mqtt://alice:s3cr3t-pw@broker:notaport"])
+    with pytest.raises(ConfigError, match="bad port") as exc:
+        cli.apply_args(load_config(None), args)
+    assert "s3cr3t-pw" not in str(exc.value)
+
+
+def test_version_flags(capsys):
+    from offline.cli import main as offline_main
+
+    for run in (cli.main, offline_main):
+        with pytest.raises(SystemExit) as exc:
+            run(["--version"])
+        assert exc.value.code == 0
+    out = capsys.readouterr().out
+    assert "asd-monitor " in out and "asd-offline " in out
+
+
 def test_replay_of_an_anomalous_file_gives_one_alarm_sequence_and_exits_0(tmp_path, bundle_dir, caplog):
     caplog.set_level(logging.INFO, logger="monitor.sinks.log")
     x = np.concatenate([machine_audio(3.0, 1), machine_audio(4.0, 2, anomalous=True), machine_audio(6.0, 3)])

@@ -129,3 +129,19 @@ def test_malformed_files(tmp_path, text, needle):
 def test_missing_file_is_named(tmp_path):
     with pytest.raises(ConfigError, match="cannot read config .*nope.yaml"):
         load_config(tmp_path / "nope.yaml")
+
+
+def test_a_yaml_bomb_and_an_oversized_file_are_refused(tmp_path):
+    bomb = tmp_path / "bomb.yaml"
+    lines = ["a0: &a0 [x, x, x, x, x, x, x, x, x, x]"]
+    lines += [f"a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 10)}]" for i in range(1, 12)]
+    bomb.write_text("\n".join(lines) + "\n")
+    with pytest.raises(ConfigError, match="YAML aliases"):
+        load_config(bomb)
+    big = tmp_path / "big.yaml"
+    big.write_text("# " + "x" * (2 << 20) + "\n")
+    with pytest.raises(ConfigError, match="at most"):
+        load_config(big)
+    fine = tmp_path / "anchors.yaml"  # a few anchors are ordinary YAML
+    fine.write_text("alarms: &a {k: 2, n: 4}\n")
+    assert load_config(fine).alarms.k == 2

@@ -176,6 +176,24 @@ def test_window_and_hop_overrides(bundle):
     assert len(ups) == (cfg.n_vectors(3 * SR) - W) // H + 1  # the bundle's own window/hop would give more
 
 
+def test_a_hop_longer_than_the_window_is_refused(bundle):
+    pipe = Pipeline(lambda e: None, settings=CPU)
+    with pytest.raises(ValueError, match="longer than the 0.5 s window"):
+        pipe.add_source(StubSource("a", BlockQueue(4), lambda e: None), bundle, window_seconds=0.5, hop_seconds=2)
+
+
+def test_a_sample_far_beyond_full_scale_is_that_sources_error_only(bundle):
+    pipe, _, out = pipeline_with(bundle, ["bad", "good"])
+    x = machine_audio(3.0, 1)
+    poisoned = x.copy()
+    poisoned[SR] = 3e19  # finite, but its square overflows float32
+    events = pipe.process({"bad": blocks_of(poisoned, [SR * 3]), "good": blocks_of(x, [SR * 3])})
+    statuses = [e for e in events if isinstance(e, SourceStatus) and e.source == "bad"]
+    assert statuses and statuses[0].state == "error" and "not audio in [-1, 1]" in statuses[0].detail
+    assert any(isinstance(e, ScoreUpdate) and e.source == "good" for e in events)
+    assert not any(isinstance(e, ScoreUpdate) and e.source == "bad" for e in events)
+
+
 def test_nan_audio_is_an_error_status_and_the_stream_restarts(bundle):
     pipe, _, out = pipeline_with(bundle, ["a"])
     good = machine_audio(2.0, 1)

@@ -172,3 +172,15 @@ def test_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert cli_main([*argv, "--overwrite"]) == 0
     assert cli_main(["synth", str(tmp_path / "x"), "--machines", "fan,drill"]) == 2
     assert "unknown machine type 'drill'" in capsys.readouterr().err
+
+
+def test_an_unwritable_output_is_a_message_and_exit_2(tmp_path: Path, capsys) -> None:
+    from offline.cli import main
+
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")  # a file where the output folder's parent should be: fails for root too
+    rc = main(["synth", str(blocker / "out"), "--machines", "fan", "--ids", "1", "--train-clips", "1",
+               "--test-clips", "0"])
+    assert rc == 2
+    err = capsys.readouterr().err
+    assert "asd-offline synth: error:" in err and "a-file" in err and "Traceback" not in err

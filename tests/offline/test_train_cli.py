@@ -272,3 +272,29 @@ def test_vector_file_errors_are_per_file(tmp_path: Path, capsys: pytest.CaptureF
     lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert lines[0]["error"] == f"{bad}: rows have 5 values, the bundle takes 6" and len(lines) == 41
     assert all(ln.get("threshold") == load_bundle(out).threshold_for("id_00") for ln in lines[1:])
+
+
+def test_training_names_silent_resampled_and_multichannel_clips(tmp_path: Path, caplog) -> None:
+    from models.training.recipe import train_bundle
+
+    rng = np.random.default_rng(0)
+    clips = []
+    for i in range(6):
+        x = (0.1 * rng.standard_normal(16000)).astype(np.float32)
+        rate, data = 16000, x
+        if i == 1:
+            data = np.zeros(16000, np.float32)  # a dead microphone among the normals
+        if i == 2:
+            rate, data = 32000, np.repeat(x, 2)
+        if i == 3:
+            data = np.stack([x, x], axis=1)
+        path = tmp_path / f"normal_id_00_{i:03d}.wav"
+        sf.write(path, data, rate, subtype="FLOAT")
+        clips.append(Clip(path=path, machine="fan", id="id_00", split="train", label="normal"))
+    with caplog.at_level(logging.WARNING):
+        train_bundle(clips, "iforest", "fan", tmp_path / "b",
+                     {"feature": {"kind": "logmel", "n_mels": 16}, "params": {"n_estimators": 10}})
+    text = caplog.text
+    assert "are silent" in text and "normal_id_00_001.wav" in text
+    assert "were resampled to 16000 Hz" in text and "normal_id_00_002.wav (32000 Hz)" in text
+    assert "channel 0 was used" in text and "normal_id_00_003.wav (2 channels)" in text
