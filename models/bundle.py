@@ -312,6 +312,11 @@ def _read_weights(path: Path, expected_sha: str) -> dict[str, torch.Tensor]:
         isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()
     ):
         raise BundleError(f"{path}: expected a flat dict of name -> tensor")
+    # a NaN weight gives NaN scores, and a source that can never alarm (infinities may be sentinels, NaN never is)
+    bad = sorted(k for k, v in state.items() if v.is_floating_point() and bool(torch.isnan(v).any()))
+    if bad:
+        raise BundleError(f"{path}: NaN in {', '.join(bad[:5])}{' ...' if len(bad) > 5 else ''}: the model is "
+                          "broken (a diverged training?); retrain it")
     return state
 
 

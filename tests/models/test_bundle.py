@@ -172,6 +172,14 @@ def test_unreadable_weights(bundle_dir: Path) -> None:
         load_bundle(bundle_dir)
 
 
+def test_nan_weights_are_refused(bundle_dir: Path, detector: DcaseAE) -> None:
+    state = {f"detector.{k}": v.clone() for k, v in detector.state_dict().items()}
+    state["detector.ae.net.0.weight"][0, 0] = float("nan")
+    _replace_weights(bundle_dir, _saved(state))
+    with pytest.raises(BundleError, match=r"NaN in detector.ae.net.0.weight.*retrain"):
+        load_bundle(bundle_dir)
+
+
 def test_missing_extra_and_misshapen_tensors(bundle_dir: Path, detector: DcaseAE) -> None:
     state = {f"detector.{k}": v for k, v in detector.state_dict().items()}
     _replace_weights(bundle_dir, _saved({k: v for k, v in state.items() if k != "detector.ae.net.0.weight"}))
