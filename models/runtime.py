@@ -8,6 +8,7 @@ import logging
 
 log = logging.getLogger(__name__)
 
+
 def setup_logging(level: int) -> None:
     """The one log format of both CLIs, on stderr: `time level logger: message`, without the time under systemd's
     journal (which stamps every line itself; systemd sets `JOURNAL_STREAM` for a service whose output it keeps)."""

@@ -15,6 +15,8 @@ from typing import Any, Literal, Mapping
 from urllib.parse import unquote, urlsplit
 
 import yaml
+
+from models.levels import CLIPPED_FRACTION, SILENCE_DBFS
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -234,8 +236,8 @@ class PipelineConfig(_Strict):
     hop_seconds: float | None = Field(None, gt=0, le=MAX_WINDOW_SECONDS, description="default: the bundle's")
     device: str = "auto"
     torch_threads: int | None = Field(None, ge=1, description="CPU threads for features and scoring")
-    silence_dbfs: float = -70.0
-    clipping_fraction: float = Field(0.01, gt=0, le=1, description="share of samples at full scale")
+    silence_dbfs: float = SILENCE_DBFS
+    clipping_fraction: float = Field(CLIPPED_FRACTION, gt=0, le=1, description="share of samples at full scale")
     queue_blocks: int = Field(64, ge=1, description="audio blocks buffered per source before the oldest is dropped")
     block_seconds: float = Field(0.1, gt=0, description="replay/capture block length")
     watchdog_seconds: float = Field(3.0, gt=0, description="a live source silent this long is declared offline")

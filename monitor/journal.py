@@ -17,7 +17,7 @@ import logging
 import os
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from monitor.events import AlarmEvent, Event
 
@@ -37,7 +37,7 @@ class AlarmJournal:
 
     name = "journal"
 
-    def __init__(self, path: Path, clock: Any = time.monotonic) -> None:
+    def __init__(self, path: Path, clock: Callable[[], float] = time.monotonic) -> None:
         self.path = path
         self._open: dict[str, dict[str, Any]] = {}  # alarm id -> its last event
         self._warned = False

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Callable
 import numpy as np
 import torch
 
+from models.levels import CLIP_LEVEL
 from monitor.alarms import AlarmTracker, uuid_ids
 from monitor.config import AlarmPolicy, PipelineConfig
 from monitor.events import AlarmEvent, CounterEvent, Event, ScoreUpdate, SourceStatus
@@ -32,7 +33,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-CLIP_LEVEL = 0.999  # |sample| at or above this counts as clipped
 # Audio per source taken into one tick. A pipeline that fell behind would otherwise take everything queued at once:
 # a tick over tens of seconds of hundreds of streams needs gigabytes of temporaries and runs slower per second of
 # audio than small ticks, so it falls further behind. Bounded ticks keep memory flat and catch up.

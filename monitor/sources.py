@@ -254,8 +254,8 @@ class ReplaySource(PacedSource):
             good = 0
             for path in self.paths:
                 try:
-                    reader = readers.get(path) or readers.setdefault(path, WavReader(path, self.sample_rate,
-                                                                                     self.channel))
+                    reader = readers.get(path) or WavReader(path, self.sample_rate, self.channel)
+                    readers[path] = reader
                     for samples in reader.blocks(self.block, READ_FRAMES_SECONDS * self.sample_rate):
                         if self.state == "error":
                             self.set_state("online", f"playing {path.name}")

@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any, Iterator, Sequence
 import numpy as np
 
 if TYPE_CHECKING:
+    from models.audio import WavReader
     from models.bundle import Bundle
 
 log = logging.getLogger(__name__)
@@ -80,8 +81,7 @@ def score_vector_files(bundle: "Bundle", paths: Sequence[Path], machine_id: str 
             ids = [machine_id] * len(vf) if machine_id is not None else vf.ids
             scores = bundle.score_wavs([vf.X[i : i + 1] for i in range(len(vf))], ids=ids)
         except ValueError as exc:  # FeatureInputError and BundleError are ValueErrors
-            message = str(exc)
-            yield {"path": str(path), "error": message if str(path) in message else f"{path}: {message}"}
+            yield _error_line(path, exc)
             continue
         for i, score in enumerate(scores):
             mid = None if ids is None else ids[i]
@@ -111,8 +111,7 @@ def score_files(bundle: "Bundle", paths: Sequence[Path], batch_size: int = 16, m
                 else:
                     wavs[i] = reader.read()
             except (AudioError, ValueError) as exc:
-                message = str(exc)
-                results[i] = {"path": str(path), "error": message if str(path) in message else f"{path}: {message}"}
+                results[i] = _error_line(path, exc)
         for i, score in _score_isolating_failures(bundle, wavs, machine_id).items():
             if isinstance(score, str):
                 results[i] = {"path": str(batch[i]), "error": f"{batch[i]}: {score}"}
@@ -122,7 +121,13 @@ def score_files(bundle: "Bundle", paths: Sequence[Path], batch_size: int = 16, m
         yield from (results[i] for i in range(len(batch)))
 
 
-def score_long_file(bundle: "Bundle", reader: Any, machine_id: str | None, threshold: float,
+def _error_line(path: Path, exc: Exception) -> dict[str, Any]:
+    """The error line of a file: the message, prefixed with the path unless it already names it."""
+    message = str(exc)
+    return {"path": str(path), "error": message if str(path) in message else f"{path}: {message}"}
+
+
+def score_long_file(bundle: "Bundle", reader: "WavReader", machine_id: str | None, threshold: float,
                     window_scores: bool = False) -> dict[str, Any]:
     """A long recording in the bundle's windows and hop, fed block by block to the monitor's stream scorer."""
     import torch

@@ -150,6 +150,7 @@ def _featurise(
 
     Returns the features and the seconds of audio read."""
     from models.audio import WavReader, level_dbfs
+    from models.levels import CLIP_LEVEL, CLIPPED_FRACTION, SILENCE_DBFS
 
     feats: list[torch.Tensor] = []
     seconds = 0.0
@@ -167,9 +168,9 @@ def _featurise(
                     notes["resampled"].append(f"{name} ({reader.file_rate} Hz)")
                 if reader.channels > 1:
                     notes["channel 0 of several"].append(f"{name} ({reader.channels} channels)")
-                if level_dbfs(wav) < SILENT_DBFS:
+                if level_dbfs(wav) < SILENCE_DBFS:
                     notes["silent"].append(name)
-                elif np.mean(np.abs(wav) >= CLIPPED_LEVEL) > CLIPPED_FRACTION:
+                elif np.mean(np.abs(wav) >= CLIP_LEVEL) > CLIPPED_FRACTION:
                     notes["clipped"].append(name)
                 if feature.n_vectors(wav.shape[0]) == 0:
                     raise ValueError(f"{clip.path}: {wav.shape[0]} samples is too short for one feature vector")
@@ -185,14 +186,12 @@ def _featurise(
     return feats, seconds
 
 
-SILENT_DBFS = -70.0  # the monitor's default silence level: such a clip teaches the model silence, not the machine
-CLIPPED_LEVEL, CLIPPED_FRACTION = 0.999, 0.01
-
-
 def _report(notes: dict[str, list[str]], n: int, rate: int) -> None:
     """One warning per kind of training-data trouble, naming the clips (the first ten)."""
+    from models.levels import CLIPPED_FRACTION, SILENCE_DBFS
+
     what = {"resampled": f"were resampled to {rate} Hz", "channel 0 of several": "are multi-channel: channel 0 was used",
-            "silent": f"are silent (below {SILENT_DBFS:g} dBFS): they teach the model silence and lower the "
+            "silent": f"are silent (below {SILENCE_DBFS:g} dBFS): they teach the model silence and lower the "
                       "threshold; remove them",
             "clipped": f"are clipped (over {CLIPPED_FRACTION:.0%} of samples at full scale): check the input gain"}
     for kind, names in notes.items():
@@ -370,8 +369,8 @@ def fit_bundle(
     threshold_spec = spec.threshold
     if threshold_spec["method"] == "gamma" and len(scores) < MIN_GAMMA_SCORES:
         threshold_spec = parse_threshold_spec("percentile:100")
-        log.warning("%d out-of-fold scores are too few for a gamma fit: the threshold is the highest of them; "
-                    "expect false alarms until the model is retrained on more normal clips", len(scores))
+        log.warning("%d %s scores are too few for a gamma fit: the threshold is the highest of them; expect false "
+                    "alarms until the model is retrained on more normal clips", len(scores), source)
     threshold, info = fit_threshold(scores, **threshold_spec)
     per_id = _per_id_thresholds(scores, scored_ids, spec) if spec.per_id_thresholds else {}
 

@@ -262,7 +262,7 @@ class MqttSink:
 
     def _node_device(self) -> dict[str, Any]:
         return {"identifiers": [self._node_uid], "name": f"asd-monitor {self.node}", "manufacturer": "asd-monitor",
-                "model": "anomalous sound monitor", "sw_version": own_version()}
+                "model": "anomalous sound monitor", "sw_version": self._origin["sw_version"]}
 
     def _node_discovery(self) -> list[_Message]:
         """The node's own device, with one connectivity entity from `availability`: the device each source's
