@@ -11,6 +11,9 @@ How a window is scored depends on what the parts need, and is decided here once:
   overlapping windows never re-score a vector.
 - `window` mode (a window-level stage or detector): the last W vectors of each stream are kept (after any leading
   vector stages) and every ready window of every stream is scored in one batched `score` call.
+- `statistics` mode (an `additive` window detector, no window-level stage: the i-vector's Baum-Welch statistics):
+  each new vector's statistics are computed once, summed per stretch between window starts and ends, and a window
+  is scored from the sum of its stretches, so a frame's UBM posteriors are not recomputed for each window it is in.
 - `frames` mode (a window-level feature with a frame front end: modulation spectrum, clip statistics): the front
   end's frames are computed once as audio arrives, the last W frames of each stream are kept, and each ready
   window's frames are reduced to its one feature vector, then scored as above.
@@ -56,6 +59,18 @@ class Chain:
         """`vector` when every vector can be scored once and windows averaged, else `window`."""
         return "vector" if self.vector_level else "window"
 
+    @property
+    def additive(self) -> bool:
+        """A window's score is a function of the sum of its vectors' statistics (`statistics` mode)."""
+        return not self.window_stages and self.detector.granularity == "window" and self.detector.additive
+
+    def segment_statistics(self, X: torch.Tensor, lengths: Sequence[int]) -> torch.Tensor:
+        """The leading vector stages, then the detector's statistics of each segment of rows `[S, n_stats]`."""
+        return self.detector.segment_statistics(self.transform_vectors(X), lengths)
+
+    def score_statistics(self, sums: torch.Tensor, ids: Sequence[str] | None = None) -> np.ndarray:
+        return self.detector.score_statistics(sums, ids)
+
     def transform_vectors(self, X: torch.Tensor) -> torch.Tensor:
         """The leading vector stages on a block of vectors `[N, dim]`."""
         for stage in self.vector_stages:
@@ -87,7 +102,7 @@ class _StreamState:
     n_in: int = 0  # input samples accepted since the last reset
     n_vec: int = 0  # vectors produced since the last reset
     ring: list[Any] = field(default_factory=list)  # chunks holding at least the last W vector scores (vector
-    # mode), vectors or frames, or samples (audio)
+    # mode), vectors or frames, or samples (audio); statistics mode: [start, end, sum] of each stretch
     held: int = 0  # items in `ring` (counted here: len() of hundreds of tensors per hop was a measurable cost)
     last: int | None = None  # position of the last emitted window's end; None: none emitted since reset
     whole: list[Any] = field(default_factory=list)  # window=None: everything of the clip
@@ -108,8 +123,10 @@ class StreamScorer:
         self.feature, self.chain = feature, chain
         front = feature.frame_front() if feature.window_level else None
         self.framing = front or feature  # what the stream computes incrementally: vectors, or a front end's frames
-        self.mode = ("frames" if front else "audio") if feature.window_level else (
-            "vector" if chain.vector_level else "window")
+        if feature.window_level:
+            self.mode = "frames" if front else "audio"
+        else:
+            self.mode = "vector" if chain.vector_level else "statistics" if chain.additive else "window"
         self.whole = window is None
         self.window = self.hop = 0  # counted in samples (audio mode), frames or vectors; 0: the stream is one window
         if not self.whole:
@@ -170,6 +187,8 @@ class StreamScorer:
         new = {i: v for i, v in enumerate(vectors) if v.shape[0]}
         if self.mode == "frames":
             return self._frame_windows(new)
+        if self.mode == "statistics":
+            return self._statistics_windows(new)
         return self._vector_windows(new) if self.mode == "vector" else self._matrix_windows(new)
 
     def flush(self) -> list[WindowScores]:
@@ -263,6 +282,47 @@ class StreamScorer:
             ready += [(i, self._end_sample(e), w) for e, w in self._slide(self._states[i], v, torch.cat)]
         return self._score_ready(ready, transformed=True)
 
+    def _is_cut(self, p: int) -> bool:
+        """Position p (vectors since reset) starts a window (a multiple of H) or ends one (W + a multiple of H)."""
+        return p % self.hop == 0 or (p >= self.window and (p - self.window) % self.hop == 0)
+
+    def _statistics_windows(self, new: dict[int, torch.Tensor]) -> list[WindowScores]:
+        """Additive detectors: the new vectors of all streams are cut at window starts and ends, each stretch's
+        statistics computed in one call, appended to (or summed into the open stretch of) each stream's ring, and
+        every window that completes is scored from the sum of its stretches (all windows in one call)."""
+        out: list[WindowScores] = [[] for _ in self._states]
+        if not new:
+            return out
+        order = sorted(new)
+        segments: list[tuple[int, int, int]] = []  # (stream, start, end) positions since the stream's reset
+        for i in order:
+            a = self._states[i].n_vec
+            b = a + new[i].shape[0]
+            bounds = [a, *(p for p in range(a + 1, b) if self._is_cut(p)), b]
+            segments += [(i, lo, hi) for lo, hi in zip(bounds, bounds[1:])]
+        stats = self.chain.segment_statistics(torch.cat([new[i] for i in order]), [hi - lo for _, lo, hi in segments])
+        for (i, lo, hi), row in zip(segments, stats):
+            ring = self._states[i].ring
+            if ring and ring[-1][1] == lo and not self._is_cut(lo):  # the open stretch goes on
+                ring[-1][1] = hi
+                ring[-1][2] += row
+            else:
+                ring.append([lo, hi, row.clone()])
+        ready: list[tuple[int, int, torch.Tensor]] = []
+        for i in order:
+            st = self._states[i]
+            for e in self._ends(st, new[i].shape[0]):
+                parts = [r for r in st.ring if r[0] >= e - self.window and r[1] <= e]
+                ready.append((i, self._end_sample(e), torch.stack([r[2] for r in parts]).sum(dim=0)))
+            next_start = (self.window if st.last is None else st.last + self.hop) - self.window
+            st.ring = [r for r in st.ring if r[1] > next_start]
+        if ready:
+            scores = self.chain.score_statistics(torch.stack([s for _, _, s in ready]),
+                                                 self._ids([i for i, _, _ in ready]))
+            for (i, end, _), s in zip(ready, scores):
+                out[i].append((end, float(s)))
+        return out
+
     def _frame_windows(self, new: dict[int, torch.Tensor]) -> list[WindowScores]:
         """Window-level features from a frame front end: each ready window's last W frames, reduced to its vector
         (all ready windows of all streams in one `reduce` call)."""
@@ -317,6 +377,19 @@ class MemberGroup:
     def __init__(self, ensemble: Detector, chains: Sequence[Chain], positions: Sequence[int]) -> None:
         self.detector = ensemble  # what StreamScorer checks machine ids against (members are checked by the bundle)
         self.chains, self.positions = list(chains), list(positions)
+
+    @property
+    def additive(self) -> bool:
+        """A group of one additive member (an ensemble's i-vector member, alone on its MFCC feature) streams in
+        `statistics` mode; members sharing a feature are scored from their windows."""
+        return len(self.chains) == 1 and self.chains[0].additive
+
+    def segment_statistics(self, X: torch.Tensor, lengths: Sequence[int]) -> torch.Tensor:
+        return self.chains[0].segment_statistics(X, lengths)
+
+    def score_statistics(self, sums: torch.Tensor, ids: Sequence[str] | None = None) -> np.ndarray:
+        raw = torch.from_numpy(np.asarray(self.chains[0].score_statistics(sums, ids), dtype=np.float64))
+        return self.detector.partial(raw[:, None], self.positions).cpu().numpy()
 
     def score_windows(self, windows: Sequence[torch.Tensor], ids: Sequence[str] | None = None,
                       transformed: bool = False) -> np.ndarray:

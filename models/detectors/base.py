@@ -97,6 +97,11 @@ class Detector(Learned):
     # True for a detector over detectors (the ensemble): its inputs are member systems' scores, and training builds
     # the member bundles first
     combines_members: ClassVar[bool] = False
+    # True for a window detector whose score depends on a window only through the sum of per-vector statistics
+    # (the i-vector's Baum-Welch statistics): it implements `segment_statistics` and `score_statistics`, and the
+    # stream scorer computes each vector's statistics once and a window's sum from its hops' sums (`statistics`
+    # mode) instead of re-reading the window's W vectors every hop
+    additive: ClassVar[bool] = False
 
     @classmethod
     def example_input(cls) -> ExampleInput:
@@ -128,6 +133,15 @@ class Detector(Learned):
     def score_vectors(self, X: torch.Tensor, ids: Sequence[str] | None = None) -> torch.Tensor:
         """Per-vector scores `[N]` (CPU float32) whose mean over a clip is its `score`; vector detectors only."""
         raise NotImplementedError(f"{self.name} scores whole windows: use score()")
+
+    def segment_statistics(self, X: torch.Tensor, lengths: Sequence[int]) -> torch.Tensor:
+        """Additive detectors: the float64 statistics `[S, n_stats]` of consecutive segments of the vectors `X`
+        (`lengths[s]` rows each); the statistics of rows a..c are those of a..b plus those of b..c."""
+        raise NotImplementedError(f"{self.name} has no additive statistics")
+
+    def score_statistics(self, sums: torch.Tensor, ids: Sequence[str] | None = None) -> np.ndarray:
+        """Additive detectors: one score per row of summed `segment_statistics`, each row a whole window's."""
+        raise NotImplementedError(f"{self.name} has no additive statistics")
 
     @property
     def input_dim(self) -> int | None:

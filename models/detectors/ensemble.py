@@ -44,7 +44,8 @@ class ScoreEnsemble(Detector):
     granularity = "vector"
     default_feature = {"kind": "vectors", "dim": 2}
     combines_members = True  # training builds member bundles first (models.training.ensemble)
-    # two tiny members on different front ends, for tests that train the ensemble end to end (as quick_params)
+    # tiny members on three front ends (two sharing clip statistics; the i-vector one streamed from summed
+    # statistics), for tests that train the ensemble end to end (as quick_params)
     quick_members = (
         {"name": "forest", "model": "iforest", "config": {"params": {"n_estimators": 20}}},
         {"name": "svm", "model": "ocsvm"},
@@ -52,6 +53,10 @@ class ScoreEnsemble(Detector):
             "feature": {"kind": "logmel", "n_fft": 512, "hop_length": 160, "n_mels": 16, "context": 2},
             "params": {"hidden": 16, "bottleneck": 4, "n_layers": 1, "epochs": 2, "batch_size": 64,
                        "progress": False, "device": "cpu", "num_threads": 1}}},
+        {"name": "ivector", "model": "ivector_gmm", "config": {
+            "feature": {"kind": "mfcc", "n_fft": 512, "hop_length": 160, "n_mels": 32, "n_mfcc": 12},
+            "params": {"n_components": 4, "ivector_dim": 4, "n_iter": 3, "ubm_iter": 5, "backend_components": 1,
+                       "backend_iter": 5}}},
     )
 
     def __init__(self, members: Sequence[Any] = (), normalize: str = "zscore", combine: str = "mean",

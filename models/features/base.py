@@ -343,6 +343,8 @@ class FrameComputer(ABC):
     """The arithmetic of one framed kind on one device: `frames` windows the frames of many signals into one
     matrix, `__call__` turns that matrix into per-frame vectors."""
 
+    CALL_ROWS = 512  # frames per `__call__` from `compute` on the CPU: a multiple of every FRAMES_PER_BLOCK
+
     def __init__(self, frame_length: int, frame_hop: int, window: torch.Tensor | None, device: torch.device) -> None:
         self.frame_length, self.frame_hop, self.device = frame_length, frame_hop, device
         self.window = None if window is None else window.to(device=device, dtype=torch.float32)
@@ -392,9 +394,38 @@ class FrameComputer(ABC):
 
     def compute(self, signals: Sequence[torch.Tensor]) -> torch.Tensor:
         """Frame vectors [sum of frames, frame_dim] of the complete frames of 1-D float32 CPU signals, in order;
-        every signal must hold at least one frame."""
-        frames, n = self.frames(signals)
-        return self(frames)[:n]
+        every signal must hold at least one frame.
+
+        On the CPU the frames are windowed and computed `CALL_ROWS` at a time, so a batch's frame matrix is never
+        whole in memory: 500 streams' second of modulation-spectrum frames is 128 MB, which a fresh allocation
+        pays for in page faults and the computer reads back from memory, while one block stays in cache. The
+        blocks are the ones `__call__` would cut the whole matrix into (`CALL_ROWS` is a multiple of every
+        computer's block), the last padded to `ROW_BLOCK` rows, so the numbers are the same."""
+        if self.device.type == "cuda":
+            frames, n = self.frames(signals)
+            return self(frames)[:n]
+        length, hop, window = self.frame_length, self.frame_hop, self.window
+        views = [x.as_strided(((x.shape[0] - length) // hop + 1, length), (hop, 1)) for x in signals]
+        total = sum(v.shape[0] for v in views)
+        out: list[torch.Tensor] = []
+        block, filled, done = None, 0, 0
+        for v in views:
+            i = 0
+            while i < v.shape[0]:
+                if block is None:
+                    left = total - done
+                    block, filled = torch.empty((min(self.CALL_ROWS, left + (-left) % ROW_BLOCK), length)), 0
+                k = min(v.shape[0] - i, block.shape[0] - filled)
+                if window is None:
+                    block[filled : filled + k].copy_(v[i : i + k])
+                else:
+                    torch.mul(v[i : i + k], window, out=block[filled : filled + k])
+                i, filled, done = i + k, filled + k, done + k
+                if filled == block.shape[0] or done == total:
+                    block[filled:].zero_()
+                    out.append(self(block))
+                    block = None
+        return (out[0] if len(out) == 1 else torch.cat(out))[:total]
 
 
 class _FramedState:

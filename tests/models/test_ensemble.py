@@ -78,11 +78,12 @@ def test_bad_combiner_settings_and_too_few_normals_are_refused() -> None:
 
 def test_the_bundle_holds_its_members_and_learned_from_held_out_clips(trained: dict) -> None:
     b, meta = trained["bundle"], trained["bundle"].meta
-    assert sorted(b.members) == ["ae", "forest", "svm"] and b.input_kind == "audio" and b.sample_rate == SR
-    assert [m.name for m in b.ordered_members()] == ["iforest", "ocsvm", "dcase_ae"]
+    assert sorted(b.members) == ["ae", "forest", "ivector", "svm"]
+    assert b.input_kind == "audio" and b.sample_rate == SR
+    assert [m.name for m in b.ordered_members()] == ["iforest", "ocsvm", "dcase_ae", "ivector_gmm"]
     n_held = meta["training"]["n_normalising_clips"]
     assert n_held == 5 and meta["training"]["n_member_fit_clips"] == 15
-    assert b.detector.reference_.shape == (n_held, 3)
+    assert b.detector.reference_.shape == (n_held, 4)
     for m in b.ordered_members():  # each member was fitted on the 15 fit clips and thresholded on the 5 held out
         assert m.meta["training"]["n_fit_clips"] == 15 and m.meta["training"]["n_holdout_clips"] == 5
     # the config is recorded whole, members included
@@ -100,9 +101,11 @@ def test_offline_scores_are_the_combination_of_the_members_scores(trained: dict)
 def test_members_with_one_feature_config_share_one_feature_stream(trained: dict) -> None:
     b = trained["bundle"]
     groups = b._member_groups()
-    assert [g.positions for _, g in groups] == [[0, 1], [2]]  # iforest and ocsvm: one clipstats computation
+    assert [g.positions for _, g in groups] == [[0, 1], [2], [3]]  # iforest and ocsvm: one clipstats computation
     scorer = b.stream_scorer(2, WINDOW, HOP)
-    assert len(scorer.scorers) == 2 and len(scorer) == 2
+    assert len(scorer.scorers) == 3 and len(scorer) == 2
+    # the i-vector member, alone on its MFCC feature, streams from summed statistics; the shared group by windows
+    assert [s.mode for s in scorer.scorers] == ["frames", "window", "statistics"]
 
 
 def test_streamed_windows_equal_the_combination_of_each_members_streamed_windows(trained: dict) -> None:

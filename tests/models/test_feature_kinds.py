@@ -116,6 +116,23 @@ def test_batched_streams_equal_per_stream(kind: str) -> None:
 
 
 @pytest.mark.parametrize("kind", KINDS)
+def test_block_by_block_computation_equals_the_whole_frame_matrix(kind: str) -> None:
+    """`FrameComputer.compute` windows and computes `CALL_ROWS` frames at a time on the CPU; the numbers are those of
+    the whole frame matrix computed at once, bit for bit (signals straddle the blocks; the last one is padded)."""
+    cfg = FEATURES[kind]()
+    framing = cfg.frame_front() if cfg.window_level else cfg
+    if framing is None or framing.input_kind != "audio":
+        pytest.skip(f"{kind} has no frame computer")
+    computer = framing.computer(torch.device("cpu"))
+    n = [framing.n_vectors(k * framing.hop_samples) for k in (40, 700, 3)]  # more than CALL_ROWS frames in all
+    signals = [torch.from_numpy(cfg.example_input(framing.span_samples + (k - 1) * framing.frame_hop, seed=k))
+               for k in n]
+    assert sum(n) > computer.CALL_ROWS
+    frames, total = computer.frames(signals)
+    assert torch.equal(computer.compute(signals), computer(frames)[:total])
+
+
+@pytest.mark.parametrize("kind", KINDS)
 def test_reset_and_add_stream(kind: str) -> None:
     cfg = FEATURES[kind]()
     x = cfg.example_input(_n_input(cfg) // 2, seed=5)

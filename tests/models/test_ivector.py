@@ -120,7 +120,7 @@ def test_baum_welch_equals_a_per_clip_loop_whatever_the_grouping(budget: int | N
                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
     if budget is not None:
         monkeypatch.setattr(maths, "_ELEMENTS", budget)
-        assert [len(g) for g in maths._clip_groups([torch.zeros(n, 4) for n in (1, 17, 5, 40, 2)], 3)] == [2, 1, 1, 1]
+        assert list(maths._segment_groups([1, 17, 5, 40, 2], 3)) == [(0, 2), (2, 3), (3, 4), (4, 5)]
     g = torch.Generator().manual_seed(2)
     ubm = GaussianMixture(torch.tensor([0.2, 0.3, 0.5], dtype=torch.float64),
                           torch.randn(3, 4, generator=g, dtype=torch.float64),

@@ -53,7 +53,8 @@ def reference_modspec(cfg: ModSpecConfig, x: np.ndarray) -> np.ndarray:
     env = env - taper @ env / taper.sum()
     rate = cfg.sample_rate / cfg.hop_length
     edges = (np.geomspace if cfg.mod_scale == "log" else np.linspace)(cfg.mod_fmin, cfg.mod_fmax, cfg.n_mod_bins + 1)
-    m = 2 ** math.ceil(math.log2(max(t, math.ceil(4 * rate / np.diff(edges).min()))))
+    need = max(t, math.ceil(4 * rate / np.diff(edges).min()))
+    m = min(n for n in (f * 2**k for f in (1, 3, 5) for k in range(24)) if n >= need)  # 2^k, 3 * 2^k or 5 * 2^k
     density = np.abs(np.fft.rfft(env * taper[:, None], n=m, axis=0)) ** 2 * 2 / (m * np.sum(taper**2))
     freqs = np.fft.rfftfreq(m, d=1 / rate)
     power = np.stack([density[(freqs >= lo) & (freqs < hi)].sum(axis=0) for lo, hi in zip(edges[:-1], edges[1:])])
@@ -128,7 +129,8 @@ def test_windows_and_settings() -> None:
     assert cfg.n_vectors(10 * SR) == 1
     assert feature_from_dict(cfg.to_dict()) == cfg
     np.testing.assert_allclose(cfg.mod_edges[[0, 1, -1]], [0.5, 0.5 * 2**0.5, 32.0])
-    assert cfg.fft_length(1247) == 4096  # >= 4 bins in the narrowest (0.5-0.71 Hz) bin at 125 Hz
+    assert cfg.fft_length(1247) == 2560  # >= 4 bins in the narrowest (0.5-0.71 Hz) bin at 125 Hz: 2414 points
+    assert cfg.fft_length(2561) == 3072 and cfg.fft_length(3073) == 4096 and cfg.fft_length(4097) == 5120
 
 
 @pytest.mark.parametrize(

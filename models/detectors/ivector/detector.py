@@ -21,7 +21,10 @@ Fit, in order (the maths is in `maths.py`):
 
 Scoring is batched: all windows' statistics in padded groups, their i-vectors in blocks, the backend on all of
 them at once, in float64 on the CPU (the inputs are moved there by `check_clips`), so GPU features and any batch
-of windows give the same numbers. One pass: no epochs, so `--epochs` does not apply.
+of windows give the same numbers. A window's Baum-Welch statistics are sums over its frames, so the detector is
+`additive`: the monitor computes each frame's UBM posteriors once, keeps per-hop sums, and solves one i-vector
+per window (not 10 windows' worth of posteriors per frame at a 10 s window and 1 s hop). One pass: no epochs,
+so `--epochs` does not apply.
 """
 
 from __future__ import annotations
@@ -38,6 +41,7 @@ from models.detectors.ivector.maths import (
     baum_welch,
     extract_ivectors,
     fit_gmm,
+    segment_statistics,
     train_total_variability,
     whiten_stats,
 )
@@ -52,6 +56,7 @@ class IvectorGmm(Detector):
 
     name = "ivector_gmm"
     granularity = "window"
+    additive = True
     # 20 MFCCs (c0 included) of a 64-band log-mel, 1024 / 512 framing at 16 kHz, no deltas: the envelope the
     # i-vector literature models, at the scale of the DCASE clips
     default_feature = MfccConfig().to_dict()
@@ -179,10 +184,34 @@ class IvectorGmm(Detector):
     def ivectors(self, clips: ClipsLike) -> torch.Tensor:
         """The whitened (and, with `length_norm`, length-normalised) i-vectors `[U, R]` the backend scores."""
         self._check_fitted()
-        return self._ivectors(check_clips(clips, dim=self.dim_, what=f"{self.name}.score clips"))
+        checked = check_clips(clips, dim=self.dim_, what=f"{self.name}.score clips")
+        return self._ivectors(self._clip_statistics(checked))
 
-    def _ivectors(self, checked: list[torch.Tensor]) -> torch.Tensor:
-        zeroth, first = baum_welch(self.ubm_, [(c.double() - self.mean_) / self.scale_ for c in checked])
+    def _clip_statistics(self, checked: list[torch.Tensor]) -> torch.Tensor:
+        return self.segment_statistics(torch.cat(checked), [c.shape[0] for c in checked])
+
+    def segment_statistics(self, X: torch.Tensor, lengths: Sequence[int]) -> torch.Tensor:
+        """`[S, C + C*D]`: each segment's zeroth-order statistics, then its uncentred first-order ones flattened
+        (both sums over frames, so segments add up to windows)."""
+        self._check_fitted()
+        if X.ndim != 2 or X.shape[1] != self.dim_:
+            raise ValueError(f"{self.name}: expected vectors [N, {self.dim_}], got {tuple(X.shape)}")
+        Z = (X.detach().cpu().double() - self.mean_) / self.scale_
+        zeroth, first = segment_statistics(self.ubm_, Z, lengths)
+        return torch.cat([zeroth, first.reshape(first.shape[0], -1)], dim=1)
+
+    def score_statistics(self, sums: torch.Tensor, ids: Sequence[str] | None = None) -> np.ndarray:
+        self._check_fitted()
+        check_ids(ids, sums.shape[0], self)
+        return (-self.backend_.log_likelihood(self._ivectors(sums))).numpy()
+
+    def _ivectors(self, sums: torch.Tensor) -> torch.Tensor:
+        c, d = self.ubm_.means.shape
+        if sums.ndim != 2 or sums.shape[1] != c * (1 + d):
+            raise ValueError(f"{self.name}: expected statistics [U, {c * (1 + d)}], got {tuple(sums.shape)}")
+        sums = sums.double()
+        zeroth = sums[:, :c]
+        first = sums[:, c:].reshape(-1, c, d) - zeroth[:, :, None] * self.ubm_.means
         w = extract_ivectors(self.tv_whitened_, zeroth, whiten_stats(self.ubm_, first))
         return self._post(w, self.ivector_mean_, self.ivector_whitener_)
 
@@ -190,7 +219,7 @@ class IvectorGmm(Detector):
         self._check_fitted()
         checked = check_clips(clips, dim=self.dim_, what=f"{self.name}.score clips")
         check_ids(ids, len(checked), self)
-        return (-self.backend_.log_likelihood(self._ivectors(checked))).numpy()
+        return self.score_statistics(self._clip_statistics(checked), ids)
 
     @property
     def is_fitted(self) -> bool:

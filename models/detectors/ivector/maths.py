@@ -169,37 +169,60 @@ def _maximise(gmm: GaussianMixture, counts: torch.Tensor, first: torch.Tensor, s
 
 
 def baum_welch(ubm: GaussianMixture, clips: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Zeroth-order `[U, C]` and centred first-order `[U, C, D]` statistics of each float64 clip `[T_i, D]`.
+    """Zeroth-order `[U, C]` and centred first-order `[U, C, D]` statistics of each float64 clip `[T_i, D]`."""
+    lengths = [int(c.shape[0]) for c in clips]
+    X = torch.cat(list(clips)) if clips else torch.zeros(0, ubm.means.shape[1], dtype=torch.float64)
+    zeroth, first = segment_statistics(ubm, X, lengths)
+    return zeroth, first - zeroth[:, :, None] * ubm.means
 
-    Clips go in groups padded to the group's longest clip, one batched matmul per group; padded frames get zero
-    responsibility, so a clip's statistics do not depend on its group (windows of one length, the scorer's case,
-    need no padding at all).
+
+def segment_statistics(ubm: GaussianMixture, X: torch.Tensor,
+                       lengths: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Zeroth-order `[S, C]` and uncentred first-order `[S, C, D]` statistics (sum_t gamma_tc, sum_t gamma_tc x_t)
+    of consecutive segments of the float64 rows `X`, `lengths[s]` rows each.
+
+    Both are sums over frames, so the statistics of a window are the sums of its segments' (the stream scorer's
+    `statistics` mode keeps per-hop segment sums instead of every frame of the window). Segments go in groups
+    whose padded [segments, rows, components] responsibilities fit in `_ELEMENTS`, one batched matmul per group;
+    padding rows get zero responsibility, so a segment's statistics do not depend on its group.
     """
     c, d = ubm.means.shape
-    zeroth, first = [], []
-    for group in _clip_groups(clips, c):
-        lengths = torch.tensor([g.shape[0] for g in group])
-        X = torch.nn.utils.rnn.pad_sequence(list(group), batch_first=True)  # [B, T, D]
-        b, t = X.shape[:2]
-        resp = torch.softmax(ubm.log_joint(X.reshape(b * t, d)), dim=1).reshape(b, t, c)
-        resp = resp * (torch.arange(t)[None, :] < lengths[:, None]).unsqueeze(2)
-        n = resp.sum(dim=1)
-        zeroth.append(n)
-        first.append(resp.transpose(1, 2) @ X - n[:, :, None] * ubm.means)
+    if sum(lengths) != X.shape[0]:
+        raise ValueError(f"segment lengths sum to {sum(lengths)}, not the {X.shape[0]} rows given")
+    zeroth, first = [torch.zeros(0, c, dtype=torch.float64)], [torch.zeros(0, c, d, dtype=torch.float64)]
+    offsets = [0]
+    for n in lengths:
+        offsets.append(offsets[-1] + int(n))
+    for lo, hi in _segment_groups(lengths, c):
+        rows = X[offsets[lo] : offsets[hi]]
+        resp = torch.softmax(ubm.log_joint(rows), dim=1)
+        parts = torch.tensor(lengths[lo:hi])
+        longest = int(parts.max())
+        if bool((parts == longest).all()):  # equal lengths (offline windows): a reshape, no padding
+            r, x = resp.reshape(hi - lo, longest, c), rows.reshape(hi - lo, longest, d)
+        else:  # rows gathered into [segments, longest]; padding rows get zero responsibility
+            starts = torch.tensor(offsets[lo:hi]) - offsets[lo]
+            step = torch.arange(longest)
+            index = (starts[:, None] + step).clamp_max_(rows.shape[0] - 1)
+            r = resp[index] * (step < parts[:, None]).unsqueeze(2)
+            x = rows[index]
+        zeroth.append(r.sum(dim=1))
+        first.append(r.transpose(1, 2) @ x)
     return torch.cat(zeroth), torch.cat(first)
 
 
-def _clip_groups(clips: Sequence[torch.Tensor], n_components: int) -> Iterator[Sequence[torch.Tensor]]:
-    """Consecutive clips whose padded [clips, frames, components] responsibilities fit in `_ELEMENTS`."""
+def _segment_groups(lengths: Sequence[int], n_components: int) -> Iterator[tuple[int, int]]:
+    """`(start, stop)` ranges of consecutive segments whose padded [segments, rows, components] responsibilities
+    fit in `_ELEMENTS` (a segment longer than that is a group of its own)."""
     start, longest = 0, 0
-    for i, clip in enumerate(clips):
-        longest_with = max(longest, clip.shape[0])
+    for i, n in enumerate(lengths):
+        longest_with = max(longest, int(n))
         if i > start and (i - start + 1) * longest_with * n_components > _ELEMENTS:
-            yield clips[start:i]
-            start, longest_with = i, clip.shape[0]
+            yield start, i
+            start, longest_with = i, int(n)
         longest = longest_with
-    if start < len(clips):
-        yield clips[start:]
+    if start < len(lengths):
+        yield start, len(lengths)
 
 
 def whiten_stats(ubm: GaussianMixture, first: torch.Tensor) -> torch.Tensor:
