@@ -285,3 +285,15 @@ def test_cuda_vectors_score_as_on_the_cpu() -> None:
         gpu = det.score_vectors(torch.from_numpy(test).cuda())
         assert gpu.device.type == "cpu"
         torch.testing.assert_close(gpu, cpu, rtol=1e-5, atol=1e-6)
+
+
+def test_windows_reduced_in_batches_equal_windows_reduced_alone() -> None:
+    """`reduce` batches windows of one length (`REDUCE_BATCH` per call); every row is still its own FFT and dot
+    products, so a window's vector does not depend on the windows beside it, nor on a length change mid-list."""
+    cfg = ModSpecConfig(n_mels=16)
+    front = cfg.frame_front()
+    clips = [am_tone(1.0 + 0.25 * (k == 5), rate=3.0 + k, seed=k) for k in range(7)]
+    frames = [front.extract(x) for x in clips]
+    together = cfg.reduce(frames)
+    for k, f in enumerate(frames):
+        assert torch.equal(together[k], cfg.reduce([f])[0])

@@ -13,6 +13,7 @@ import torch
 
 from models.bundle import Bundle, BundleError, load_bundle
 from models.detectors import REGISTRY
+from models.scoring import StreamScorer
 from models.training.recipe import build_spec, fit_bundle
 from tests import plugins
 from tests.helpers import SR, machine_audio
@@ -156,3 +157,18 @@ def test_stages_and_learned_metadata_travel_in_the_bundle(tmp_path: Path) -> Non
     assert 1 <= k < b.feature.dim and b.detector.input_dim == k
     weights = torch.load(b.path / "weights.pt", weights_only=True)
     assert {key.split(".")[0] for key in weights} == {"stage0", "detector"}
+
+
+@pytest.mark.parametrize("window,hop", [(311, 31), (10, 10), (7, 3), (5, 7), (100, 1)])
+def test_statistics_mode_cuts_are_every_window_start_and_end(window: int, hop: int) -> None:
+    """The additive detectors' stretches are cut exactly at window starts (multiples of H) and ends (W + multiples
+    of H), found by arithmetic rather than position by position."""
+    scorer = StreamScorer.__new__(StreamScorer)
+    scorer.window, scorer.hop = window, hop
+    rng = np.random.default_rng(0)
+    for _ in range(500):
+        a = int(rng.integers(0, 600))
+        b = a + int(rng.integers(0, 90))
+        starts = {p for p in range(a + 1, b) if p % hop == 0}
+        ends = {p for p in range(a + 1, b) if p >= window and (p - window) % hop == 0}
+        assert scorer._cuts(a, b) == sorted(starts | ends)
