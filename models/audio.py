@@ -16,6 +16,8 @@ from typing import Iterator
 import numpy as np
 import soundfile as sf
 
+from models.levels import MAX_SAMPLE
+
 _UNKNOWN_DATA_SIZE = 0xFFFFFFFF  # streaming writers leave this in the header when the length is not known yet
 
 
@@ -37,6 +39,8 @@ class WavReader:
         self.path = path = Path(path)
         if sample_rate is not None and sample_rate <= 0:
             raise ValueError(f"sample_rate must be positive, got {sample_rate}")
+        if path.is_dir():
+            raise AudioError(f"{path}: a folder, not an audio file")
         if not path.is_file():
             raise AudioError(f"{path}: no such file")
         _check_wav_not_truncated(path)
@@ -91,10 +95,16 @@ class WavReader:
             raise AudioError(f"{self.path}: read failed ({exc})") from exc
 
     def _checked(self, x: np.ndarray, start: int) -> np.ndarray:
-        if not np.isfinite(x).all():
+        """Samples must be finite and near full scale (`MAX_SAMPLE`); the error says where the first bad one is."""
+        peak = float(np.abs(x).max()) if x.size else 0.0
+        if not np.isfinite(peak):
             bad = int(np.count_nonzero(~np.isfinite(x)))
             at = (start + int(np.flatnonzero(~np.isfinite(x))[0])) / self.file_rate
             raise AudioError(f"{self.path}: {bad} NaN/inf sample(s) in channel {self.channel}, the first at {at:.3f} s")
+        if peak > MAX_SAMPLE:
+            at = (start + int(np.flatnonzero(np.abs(x) > MAX_SAMPLE)[0])) / self.file_rate
+            raise AudioError(f"{self.path}: samples up to {peak:.3g} in channel {self.channel}, the first at "
+                             f"{at:.3f} s: not audio in [-1, 1]")
         return x
 
 

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Callable
 import numpy as np
 import torch
 
-from models.levels import CLIP_LEVEL
+from models.levels import CLIP_LEVEL, MAX_SAMPLE
 from monitor.alarms import AlarmTracker, uuid_ids
 from monitor.config import AlarmPolicy, PipelineConfig
 from monitor.events import AlarmEvent, CounterEvent, Event, ScoreUpdate, SourceStatus
@@ -37,9 +37,6 @@ log = logging.getLogger(__name__)
 # a tick over tens of seconds of hundreds of streams needs gigabytes of temporaries and runs slower per second of
 # audio than small ticks, so it falls further behind. Bounded ticks keep memory flat and catch up.
 MAX_TICK_SECONDS = 1.0
-# Float audio is in [-1, 1]; a sample this far outside is no recording (a corrupt file, a wrong format): the block is
-# an input error of its source (its square overflows float32 in the features, which would poison the batch)
-MAX_SAMPLE = 1e3
 
 
 class StreamResampler:

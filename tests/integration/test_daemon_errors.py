@@ -1,14 +1,15 @@
-"""Bad inputs to the daemon subprocess: each bad source gets a clear error status on MQTT while a good source is
-still scored; a missing default bundle stops the daemon with a message that names it."""
+"""Bad inputs to the daemon subprocess: each bad source (every case of the shared bad-audio table, bad bundles) gets
+a clear error status on MQTT while a good source is still scored; a missing default bundle stops the daemon with a
+message that names it."""
 
 from __future__ import annotations
 
 import json
 
-import numpy as np
 import pytest
 import soundfile as sf
 
+from tests.bad_audio import CASES
 from tests.helpers import SR, machine_audio
 from tests.integration.conftest import BASE, start_daemon
 
@@ -17,27 +18,19 @@ pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 
 def test_bad_sources_report_errors_and_the_good_one_goes_on(tmp_path, bundle_dir, mosquitto, mqtt_collector,
                                                             daemons):
+    """Every recording of the shared bad-audio table (tests/bad_audio.py) replayed beside a good one, plus two bad
+    bundles: each bad source reports an error naming what is wrong, the good one is scored to its end."""
     good = tmp_path / "good.wav"
     sf.write(good, machine_audio(3.0, 1), SR, subtype="FLOAT")
-    corrupt = tmp_path / "corrupt.wav"
-    corrupt.write_bytes(b"RIFF\xff\x00\x00\x00WAVEfmt \x10\x00\x00\x00" + b"\x00" * 7)
-    rate = tmp_path / "rate.wav"
-    sf.write(rate, machine_audio(1.0, 1, sr=2 * SR), 2 * SR, subtype="FLOAT")
-    nan = tmp_path / "nan.wav"
-    x = machine_audio(1.0, 1)
-    x[500:510] = np.nan
-    sf.write(nan, x, SR, subtype="FLOAT")
-    huge = tmp_path / "huge.wav"  # finite, but its square overflows float32: it used to stop every source
-    x = machine_audio(2.0, 1)
-    x[8000] = 3e19
-    sf.write(huge, x, SR, subtype="FLOAT")
+    bad = {case.name: (case.make(tmp_path, SR), case.error_words(SR)) for case in CASES}
     loop = tmp_path / "loop-bundle"
     loop.symlink_to(loop)  # a bundle directory that is a symlink loop: only its source stops
     config = (f"sources:\n  - name: nobundle\n    replay: {good}\n    bundle: {tmp_path / 'missing-bundle'}\n"
               f"  - name: loopbundle\n    replay: {good}\n    bundle: {loop}\n")
     live = mqtt_collector([f"{BASE}/#"])
     d = start_daemon(tmp_path, "--bundle", str(bundle_dir), "--speed", "0", "--mqtt", mosquitto.url,
-                     *[a for p in (good, corrupt, rate, nan, huge) for a in ("--replay", str(p))], config=config)
+                     *[a for p in (good, *(path for path, _ in bad.values())) for a in ("--replay", str(p))],
+                     config=config)
     daemons.append(d)
     assert d.wait() == 0, d.output()
     live.wait_for(f"{BASE}/availability", payload=b"offline")
@@ -45,11 +38,11 @@ def test_bad_sources_report_errors_and_the_good_one_goes_on(tmp_path, bundle_dir
     def states(source: str) -> list[tuple[str, str]]:
         return [(m.json()["state"], m.json()["detail"]) for m in live.on(f"{BASE}/{source}/status")]
 
-    expected = {"corrupt": "corrupt.wav", "rate": f"{2 * SR} Hz", "nan": "NaN", "nobundle": "missing-bundle",
-                "huge": "not audio in [-1, 1]", "loopbundle": "loop-bundle"}
-    for source, needle in expected.items():
+    expected = {name: [path.name, words] for name, (path, words) in bad.items()}
+    expected |= {"nobundle": ["missing-bundle"], "loopbundle": ["loop-bundle"]}
+    for source, needles in expected.items():
         errors = [detail for state, detail in states(source) if state == "error"]
-        assert errors and needle in errors[0], (source, states(source))
+        assert errors and all(n in errors[0] for n in needles), (source, states(source))
     assert ("online", states("good")[0][1]) == states("good")[0]
     assert states("good")[-1][0] == "ended"
     scores = [json.loads(m.payload) for m in live.on(f"{BASE}/good/score")]

@@ -204,6 +204,76 @@ async def test_retained_state_is_republished_after_a_broker_restart_without_pers
     assert sink.stats.dropped == 0
 
 
+class CuttingRelay:
+    """A TCP relay in front of the real broker that cuts the first connection when the client sends its first
+    PUBLISH (MQTT packet type 3, after CONNACK): the broker vanishes while the sink is starting its session, with a
+    QoS 1 publish in flight. Later connections pass through untouched."""
+
+    def __init__(self, broker_port: int) -> None:
+        self.broker_port = broker_port
+        self.connections = 0
+        self.server: asyncio.base_events.Server | None = None
+        self.writers: list[asyncio.StreamWriter] = []
+
+    async def start(self) -> str:
+        self.server = await asyncio.start_server(self._relay, "127.0.0.1", 0)
+        return f"mqtt://127.0.0.1:{self.server.sockets[0].getsockname()[1]}"
+
+    async def _relay(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        cut = self.connections == 1
+        up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.broker_port)
+        self.writers += [writer, up_writer]
+
+        async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter, upstream: bool) -> None:
+            first = True
+            while data := await src.read(65536):
+                if upstream and cut and not first and data[0] >> 4 == 3:  # the first PUBLISH after CONNECT
+                    break
+                first = False
+                dst.write(data)
+                await dst.drain()
+            for w in (writer, up_writer):
+                w.close()
+
+        await asyncio.gather(pipe(reader, up_writer, True), pipe(up_reader, writer, False),
+                             return_exceptions=True)
+
+    async def close(self) -> None:
+        for w in self.writers:  # ends the relay's pipes
+            w.close()
+        if self.server is not None:
+            self.server.close()
+            await self.server.wait_closed()
+
+
+@pytest.mark.timeout(60)
+async def test_a_connection_lost_while_the_session_starts_leaves_no_unretrieved_future(mosquitto) -> None:
+    """The broker going away with a publish in flight: aiomqtt records the loss in a future that nobody awaits
+    there, and asyncio printed "Future exception was never retrieved" whenever that client was collected. The sink
+    counts the loss, reconnects and delivers, and has marked every recorded loss as seen."""
+    relay = CuttingRelay(mosquitto.port)
+    url = await relay.start()
+    sink = MqttSink(MqttSettings(url=url, reconnect_min=0.2, reconnect_max=0.5), NODE, sources=["fan"])
+    clients: list = []
+    make_client = sink._client
+    sink._client = lambda: clients.append(make_client()) or clients[-1]  # keep each connection's client to inspect
+    try:
+        await sink.start()
+        await until(lambda: sink.stats.connects == 2 and sink.connected, 40, "the sink to reconnect")
+        sink.publish(alarm("new", n=1))
+        await until(lambda: sink.queued == 0, 10, "the alarm to be delivered")
+    finally:
+        await sink.close()
+        await relay.close()
+    assert relay.connections >= 2 and sink.stats.errors >= 1
+    lost = clients[0]._disconnected  # the first connection's loss, as aiomqtt recorded it
+    assert lost.done() and not lost.cancelled()
+    # asyncio's flag behind the "never retrieved" message: set when an exception is stored, cleared once it is read
+    assert not lost._log_traceback
+    assert lost.exception() is not None
+
+
 async def test_close_waits_for_the_broker_to_deliver_the_outbox(mosquitto, make_sink, mqtt_collector) -> None:
     sink = await make_sink(ha_discovery=False, close_timeout=30.0)
     await until(lambda: sink.connected, 10, "connect")

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from models.audio import AudioError, is_silent, level_dbfs, load_wav
+from models.audio import AudioError, WavReader, is_silent, level_dbfs, load_wav
+from tests.bad_audio import CASES, BadAudio
 
 SR = 16000
 
@@ -53,6 +54,19 @@ def test_not_audio(tmp_path: Path) -> None:
     path.write_text("this is not a wav file\n" * 20)
     with pytest.raises(AudioError, match=r"notes\.wav: not a readable audio file"):
         load_wav(path)
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda c: c.name)
+def test_every_bad_recording_is_an_audio_error_naming_the_file(case: BadAudio, tmp_path: Path) -> None:
+    """The shared table of bad recordings, read whole (training, `score`) and block by block (replays)."""
+    path = case.make(tmp_path, SR)
+    with pytest.raises(AudioError) as whole:
+        load_wav(path, sample_rate=SR)
+    with pytest.raises(AudioError) as blocks:
+        for _ in WavReader(path, SR).blocks(SR // 10):
+            pass
+    for error in (whole, blocks):
+        assert str(path) in str(error.value) and case.error_words(SR) in str(error.value), str(error.value)
 
 
 def test_missing_file(tmp_path: Path) -> None:

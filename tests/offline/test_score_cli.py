@@ -16,6 +16,7 @@ from models.audio import load_wav
 from models.bundle import load_bundle
 from offline.cli import main
 from test_evaluate import SR, tone_clip, train_tiny, write_dcase_dataset  # the same tiny generated data
+from tests.bad_audio import CASES
 
 
 @pytest.fixture(scope="module")
@@ -80,6 +81,24 @@ def test_bad_files_get_error_lines_and_exit_1(setup: dict[str, Any]) -> None:
     assert "shorter than one feature vector" in by_name["short.wav"]["error"]
     for name in ("normal.wav", "anomaly.wav"):  # the good files in the same batches were still scored
         assert isinstance(by_name[name]["score"], float)
+
+
+def test_every_bad_recording_gets_its_error_line_and_the_good_ones_are_scored(
+    setup: dict[str, Any], tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """The shared table of bad recordings (tests/bad_audio.py), in one call between good files."""
+    bad = [case.make(tmp_path, SR) for case in CASES]
+    files = [setup["good"][0], *bad, setup["good"][1]]
+    rc = main(["score", "--bundle", str(setup["bundle"]), "--device", "cpu", *map(str, files)])
+    assert rc == 1
+    captured = capsys.readouterr()
+    lines = _lines(captured.out)
+    assert [line["path"] for line in lines] == [str(p) for p in files]
+    for case, path, line in zip(CASES, bad, lines[1:-1]):
+        assert set(line) == {"path", "error"}, (case.name, line)
+        assert str(path) in line["error"] and case.error_words(SR) in line["error"], (case.name, line)
+    assert all(isinstance(line["score"], float) for line in (lines[0], lines[-1]))
+    assert "Traceback" not in captured.err
 
 
 def test_unloadable_bundle_exits_2(tmp_path: Path, setup: dict[str, Any], capsys: pytest.CaptureFixture) -> None:
