@@ -389,8 +389,9 @@ class MqttSink:
     async def _run(self) -> None:
         backoff = self.settings.reconnect_min
         while True:
-            client = self._client()
+            client: aiomqtt.Client | None = None
             try:
+                client = self._client()  # inside the try: a TLS file that cannot be read is a retried error too
                 async with client:
                     self.stats.connects += 1
                     backoff = self.settings.reconnect_min
@@ -406,7 +407,8 @@ class MqttSink:
                             self.settings.url, exc, delay)
             finally:
                 self._connected.clear()
-                _retrieve_loss(client)
+                if client is not None:
+                    _retrieve_loss(client)
             if self._closing.is_set():
                 # close() bounds these retries; keep them frequent so a broker that comes back is not missed.
                 await asyncio.sleep(self.settings.reconnect_min)
