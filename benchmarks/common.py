@@ -11,6 +11,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 RESULTS = Path(__file__).resolve().parent / "results"
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 CLEANING_STAGES = ("ddae", "ae_clean")  # the feature-cleaning autoencoder stages a variant can swap or drop
@@ -22,25 +24,38 @@ def model_config(entry: str) -> tuple[str, dict[str, Any]]:
     `MODEL` is the shipped `configs/MODEL.yaml` (the model's defaults when there is none). `MODEL:ae_clean` /
     `MODEL:ddae` swap the config's feature-cleaning autoencoder stage for that one (its network settings kept), and
     `MODEL:none` drops it: the study's "with and without" comparison without a config file per variant.
+    `MODEL:KEY=VALUE` (repeatable, `:`-separated) sets one hyper-parameter, VALUE read as YAML:
+    `deep_svdd:objective=soft-boundary` is the row `deep_svdd+objective-soft-boundary`.
     """
     from offline.train import load_config
 
-    model, _, cleaning = entry.partition(":")
+    model, *variants = entry.split(":")
     path = CONFIGS / f"{model}.yaml"
     config = load_config(path) if path.exists() else {"model": model}  # an ensemble's member configs inlined
-    if not cleaning:
-        return model, config
+    label = model
+    for variant in variants:
+        if "=" in variant:
+            key, _, value = variant.partition("=")
+            config = {**config, "params": {**(config.get("params") or {}), key: yaml.safe_load(value)}}
+            label += f"+{key}-{value}"
+        else:
+            config, suffix = _swap_cleaning(config, variant, entry, path)
+            label += suffix
+    return label, config
+
+
+def _swap_cleaning(config: dict[str, Any], cleaning: str, entry: str, path: Path) -> tuple[dict[str, Any], str]:
     stages = [s if isinstance(s, dict) else {"name": s} for s in config.get("stages") or []]
     at = [i for i, s in enumerate(stages) if s["name"] in CLEANING_STAGES]
     if not at or cleaning not in (*CLEANING_STAGES, "none"):
         raise SystemExit(f"{entry}: expected MODEL:{{{','.join(CLEANING_STAGES)},none}} for a model whose config has "
-                         f"a cleaning stage ({path} has {[s['name'] for s in stages]})")
+                         f"a cleaning stage ({path} has {[s['name'] for s in stages]}), or MODEL:KEY=VALUE")
     if cleaning == "none":
         del stages[at[0]]
-        return f"{model}-noae", {**config, "stages": stages}
+        return {**config, "stages": stages}, "-noae"
     params = {k: v for k, v in stages[at[0]].get("params", {}).items() if k != "noise_factor"}
     stages[at[0]] = {"name": cleaning, "params": params}  # each stage's own noise default (0 for ae_clean)
-    return f"{model}+{cleaning}", {**config, "stages": stages}
+    return {**config, "stages": stages}, f"+{cleaning}"
 
 
 def machine_info() -> dict[str, Any]:

@@ -391,6 +391,10 @@ def load_bundle(path: str | Path, device: str | torch.device = "auto") -> Bundle
         stages.append(_restore(STAGES[spec["name"]], spec["params"], parts.pop(f"stage{i}", {}),
                                learned.get(f"stage{i}"), dev, root))
     detector = _restore(REGISTRY[name], params, parts.pop("detector", {}), learned.get("detector"), dev, root)
+    try:
+        detector.check_feature(feature)
+    except ValueError as exc:
+        raise BundleError(f"{json_path}: {exc}") from None
     if parts:
         raise BundleError(f"{root / WEIGHTS_FILE}: weights for parts the bundle does not have: {sorted(parts)}")
     members: dict[str, Bundle] = {}

@@ -4,7 +4,9 @@ A scored file gives `{"path", "score", "threshold", "anomalous"}` (anomalous = s
 the id's own when the bundle has one for `--id`). A file that cannot be scored (unreadable, truncated, wrong sample
 rate, too short for one feature vector...) gives `{"path", "error"}` and the others are still scored. For a
 `vectors` bundle each FILE is an `.npz`/`.csv` of rows, and every row gets its own line with `row` and `name` (and
-the row's `id` when the file has ids and `--id` is not given). Exit status: 0 when everything was scored, 1 when at
+the row's `id` when the file has ids and `--id` is not given); with `--out DIR` each such file is also one test set:
+`DIR/<file stem>.json` (its rows' scores and a summary) and `DIR/distributions.png` (every set's scores side by side,
+with the threshold): the seed SVDD's clean vs noisy comparison. Exit status: 0 when everything was scored, 1 when at
 least one file failed, 2 when the bundle itself cannot be loaded or cannot score what it was given (nothing is
 scored then). Only the bundle directory is needed: feature config, stages, detector and thresholds come from it.
 
@@ -48,6 +50,8 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
                         help=f"files longer than this are scored in the bundle's windows (default {LONG_FILE_SECONDS:g})")
     parser.add_argument("--window-scores", action="store_true",
                         help="with long files, list every window's [end_s, score]")
+    parser.add_argument("--out", type=Path, metavar="DIR",
+                        help="vectors bundles: also write DIR/<file>.json per file and DIR/distributions.png")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -56,9 +60,14 @@ def run(args: argparse.Namespace) -> int:
     if args.batch_size <= 0:
         raise ValueError(f"--batch-size must be positive, got {args.batch_size}")
     bundle = load_bundle(args.bundle, device=args.device)  # BundleError is a ValueError: the CLI exits 2
+    if args.out is not None and bundle.input_kind != "vectors":
+        raise ValueError("--out writes one test set per vector file: it needs a bundle trained on .npz/.csv vectors")
     failed = 0
     if bundle.input_kind == "vectors":
         lines = score_vector_files(bundle, args.files, args.machine_id)
+        if args.out is not None:
+            lines = list(lines)
+            write_score_sets(bundle, args.bundle, lines, args.out)
     else:
         bundle.check_machine_id(args.machine_id)
         lines = score_files(bundle, args.files, args.batch_size, args.machine_id, args.long_seconds,
@@ -90,6 +99,44 @@ def score_vector_files(bundle: "Bundle", paths: Sequence[Path], machine_id: str 
                 line["id"] = mid
             threshold = bundle.threshold_for(mid)
             yield {**line, "score": float(score), "threshold": threshold, "anomalous": bool(score > threshold)}
+
+
+def write_score_sets(bundle: "Bundle", bundle_dir: Path, lines: Sequence[dict[str, Any]], out: Path) -> list[Path]:
+    """One JSON per scored vector file (a test set) and one PNG of all sets' score distributions; files that failed
+    get no JSON (their error is on stdout). Returns the paths written."""
+    from offline.report import plot_score_sets, safe_name, write_json
+
+    by_file: dict[str, list[dict[str, Any]]] = {}
+    for line in lines:
+        if "error" not in line:
+            by_file.setdefault(line["path"], []).append(line)
+    out.mkdir(parents=True, exist_ok=True)
+    written, sets, taken = [], {}, set()
+    for path, rows in by_file.items():
+        label = safe_name(Path(path).stem)
+        name, k = label, 1
+        while name in taken:  # a/x.npz and b/x.npz
+            k += 1
+            name = f"{label}-{k}"
+        taken.add(name)
+        scores = np.array([r["score"] for r in rows])
+        keep = ("row", "name", "id", "score", "anomalous")
+        report = {"path": path, "bundle": str(bundle_dir), "model": bundle.name, "threshold": rows[0]["threshold"],
+                  "n": len(rows),
+                  "summary": {"mean": float(scores.mean()), "median": float(np.median(scores)),
+                              "min": float(scores.min()), "max": float(scores.max()),
+                              "anomalous": int(sum(r["anomalous"] for r in rows))},
+                  "files": [{k: r[k] for k in keep if k in r} for r in rows]}
+        write_json(out / f"{name}.json", report)
+        written.append(out / f"{name}.json")
+        sets[name] = scores
+    if sets:
+        thresholds = {r["threshold"] for rows in by_file.values() for r in rows}
+        shown = thresholds.pop() if len(thresholds) == 1 else None  # per-id thresholds: no single line to draw
+        plot_score_sets(out / "distributions.png", sets, shown, f"{bundle.name}: scores per test set")
+        written.append(out / "distributions.png")
+    log.info("wrote %d test set report(s) to %s", len(sets), out)
+    return written
 
 
 def score_files(bundle: "Bundle", paths: Sequence[Path], batch_size: int = 16, machine_id: str | None = None,

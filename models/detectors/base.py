@@ -37,12 +37,16 @@ register = REGISTRY.register
 class ExampleInput:
     """The shape of data a detector's generic tests feed it: clips of `n_vectors` vectors of `dim` values, and
     `n_ids` machine ids when the detector conditions on them (0: none). `scores`: the values are other detectors'
-    anomaly scores (a detector over detectors), so anomalies are high values of some of them."""
+    anomaly scores (a detector over detectors), so anomalies are high values of some of them. `anomaly`: how the
+    anomalous clips differ: `structure` (the normal data's correlations broken, every dimension's mean and variance
+    kept) or `other_id` (a clip that sounds like another machine id than its own: what a classifier of ids
+    detects)."""
 
     dim: int = 40
     n_vectors: int = 60
     n_ids: int = 0
     scores: bool = False
+    anomaly: Literal["structure", "other_id"] = "structure"
 
 
 class Learned(HyperParams, ABC):
@@ -94,6 +98,9 @@ class Detector(Learned):
     # Hyper-parameters that make a fit take well under a second on a few thousand vectors: tests and the demo use
     # them so that every registered detector can be exercised the same way.
     quick_params: ClassVar[dict[str, Any]] = {}
+    # The feature kinds it can take (None: any): a network built around one kind's layout (STgram-MFN's log-mel
+    # plus raw frames) refuses another before any data is read
+    feature_kinds: ClassVar[tuple[str, ...] | None] = None
     # True for a detector over detectors (the ensemble): its inputs are member systems' scores, and training builds
     # the member bundles first
     combines_members: ClassVar[bool] = False
@@ -142,6 +149,12 @@ class Detector(Learned):
     def score_statistics(self, sums: torch.Tensor, ids: Sequence[str] | None = None) -> np.ndarray:
         """Additive detectors: one score per row of summed `segment_statistics`, each row a whole window's."""
         raise NotImplementedError(f"{self.name} has no additive statistics")
+
+    def check_feature(self, feature: Any) -> None:
+        """Refuse (ValueError) a feature config this detector cannot take, before any data is read: a kind not in
+        `feature_kinds`; subclasses add settings their network must agree with."""
+        if self.feature_kinds is not None and feature.kind not in self.feature_kinds:
+            raise ValueError(f"{self.name} takes the feature kind(s) {list(self.feature_kinds)}, not {feature.kind!r}")
 
     @property
     def input_dim(self) -> int | None:

@@ -48,6 +48,10 @@ class TrainSettings:
     num_threads: int | None = None  # CPU threads for this fit; None keeps torch's setting
     desc: str = "training"
     window: int | None = None  # None: row batches [B, dim]; T: windows [B, T, dim] of T consecutive vectors
+    # checkpoint choice on held-out *normal* clips only: keep the epoch with the lowest validation loss (needs a
+    # validation split), and stop after `patience` epochs without a new lowest (None: run every epoch)
+    keep_best: bool = False
+    patience: int | None = None
 
     def __post_init__(self) -> None:
         if self.epochs < 1 or self.batch_size < 2:
@@ -58,6 +62,10 @@ class TrainSettings:
             raise ValueError(f"lr must be positive, got {self.lr}")
         if self.window is not None and self.window < 1:
             raise ValueError(f"window must be >= 1 vectors, got {self.window}")
+        if (self.keep_best or self.patience is not None) and self.validation_split <= 0:
+            raise ValueError("keep_best and patience choose epochs by validation loss: set validation_split > 0")
+        if self.patience is not None and self.patience < 1:
+            raise ValueError(f"patience must be >= 1 epochs, got {self.patience}")
 
 
 @dataclass
@@ -113,6 +121,15 @@ class Step:
             loss = self.loss(batch)
         ctx.minimize(loss)
         return loss
+
+    def begin(self, batches: Callable[[], Iterator[Batch]]) -> None:
+        """Called once before the first epoch; `batches()` yields the training items (no validation ones) in
+        order, for steps that need a pass over the data first (Deep SVDD's centre). Default: nothing."""
+
+    def end_epoch(self, epoch: int) -> dict[str, float]:
+        """Called after each epoch's updates, before validation; what it returns joins the epoch's history entry
+        (Deep SVDD's radius). Default: nothing."""
+        return {}
 
 
 def split_by_clip(
@@ -207,6 +224,10 @@ class _Sampler:
         starts = self.offsets[clips] + offsets
         return self._windows(starts[torch.randperm(len(starts), generator=self.gen)])
 
+    def in_order(self) -> torch.Tensor:
+        """The training items in data order: rows, or the training clips' non-overlapping windows."""
+        return self.train if self.window is None else self._tiles(self.train_clips.tolist())
+
     def label(self, idx: torch.Tensor) -> torch.Tensor | None:
         if self.labels is None:
             return None
@@ -236,11 +257,15 @@ def fit_step(
     n_batches = math.ceil(sampler.n_train / s.batch_size)
     history: list[dict[str, float]] = []
     progress = make_progress(s.progress, s.desc, s.epochs)
+    step.begin(lambda: (Batch(feed(idx), _to(sampler.label(idx), s.device))
+                        for idx in sampler.in_order().split(s.batch_size)))
     log.info(
         "%s: %d training / %d validation %s, %d batches per epoch, %d epochs on %s",
         s.desc, sampler.n_train, len(sampler.val), "vectors" if s.window is None else f"windows of {s.window}",
         n_batches, s.epochs, s.device,
     )
+    best: tuple[float, int] = (math.inf, 0)  # (validation loss, epoch)
+    kept: dict[str, torch.Tensor] | None = None
     with _threads(s.num_threads), progress or contextlib.nullcontext():
         for epoch in range(1, s.epochs + 1):
             t0 = time.perf_counter()
@@ -257,7 +282,7 @@ def fit_step(
             mean_loss = float(total) / max(seen, 1)
             if not math.isfinite(mean_loss):
                 raise RuntimeError(f"{s.desc}: training diverged (loss {mean_loss}) at epoch {epoch}; try a lower lr")
-            entry = {"epoch": epoch, "loss": mean_loss, "seconds": time.perf_counter() - t0}
+            entry = {"epoch": epoch, "loss": mean_loss, **step.end_epoch(epoch), "seconds": time.perf_counter() - t0}
             if len(sampler.val):
                 entry["val_loss"] = evaluate_loss(step, feed, sampler)
             history.append(entry)
@@ -265,8 +290,26 @@ def fit_step(
             if progress is not None:
                 val = f" val {entry['val_loss']:.4g}" if "val_loss" in entry else ""
                 progress.update(progress.task_ids[0], advance=1, status=f"loss {entry['loss']:.4g}{val}")
+            if "val_loss" in entry and entry["val_loss"] < best[0]:
+                best = (entry["val_loss"], epoch)
+                if s.keep_best:
+                    kept = {k: v.detach().clone() for k, v in module.state_dict().items()}
+            if s.patience is not None and epoch - best[1] >= s.patience:
+                log.info("%s: no lower validation loss for %d epochs: stopped after epoch %d", s.desc, s.patience,
+                         epoch)
+                break
+    if kept is not None:
+        module.load_state_dict(kept)
+        log.info("%s: kept epoch %d (lowest validation loss on held-out normal clips, %.4g)", s.desc, best[1],
+                 best[0])
     module.eval()
     return history
+
+
+def kept_epoch(history: Sequence[dict[str, float]]) -> int | None:
+    """The epoch `keep_best` restores: the first with the lowest validation loss (None without validation)."""
+    scored = [(h["val_loss"], h["epoch"]) for h in history if "val_loss" in h]
+    return int(min(scored)[1]) if scored else None
 
 
 def train_loop(

@@ -113,6 +113,7 @@ def build_spec(
     if epochs is not None and not cls.iterative():
         log.info("%s is fitted in one pass: --epochs %d does not apply to it", model_name, epochs)
     detector = cls.from_params(_with_shared(params, shared, cls.param_names()))
+    detector.check_feature(feature)
     stages = []
     for i, entry in enumerate(config.get("stages") or []):
         name, sparams = (entry, {}) if isinstance(entry, str) else (entry.get("name"), dict(entry.get("params") or {}))

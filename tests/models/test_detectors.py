@@ -4,7 +4,8 @@ contract, plus the DCASE AE's own architecture.
 The data comes from each detector's `example_input()` and is built so that only a detector that learned something
 can separate it: normal vectors lie near a random 4-dim subspace; anomalies use the same subspace with the sign of
 some coordinates flipped, so every dimension has the same mean and variance in both sets and only their correlations
-differ (an untrained autoencoder scores them at chance). Machine ids, when asked for, shift each id's data.
+differ (an untrained autoencoder scores them at chance). Machine ids, when asked for, shift each id's data; for a
+classifier of ids (`anomaly="other_id"`) an anomaly is a clip that sounds like the next id.
 """
 
 from __future__ import annotations
@@ -21,11 +22,14 @@ from models.detectors import REGISTRY, Detector, NotFittedError, get_detector, r
 from models.detectors.base import standardizer
 from models.detectors.dcase_ae import DcaseAE
 from models.features import LogMelConfig, feature_from_dict
+from models.features.stgram import StgramConfig
 from models.training.loop import split_by_clip
 from tests import plugins
 
 RANK = 4
 AUC_FLOOR = 0.9
+# a feature config of `dim` values for detectors that insist on a kind (`Detector.feature_kinds`)
+RECORDED = {"stgram": lambda dim: StgramConfig(n_mels=128, n_fft=dim - 128, hop_length=16)}
 NAMES = sorted(REGISTRY) + [c.name for c in plugins.DETECTORS]
 
 
@@ -57,6 +61,9 @@ def example_data(cls: type[Detector], seed: int = 7) -> dict:
             else:
                 x = rng.normal(size=(spec.n_vectors, RANK)) @ weights
                 x = x + 0.3 * rng.normal(size=(spec.n_vectors, spec.dim))
+            if anomalous and spec.anomaly == "other_id":  # normal data of the next id, labelled as this one
+                x = rng.normal(size=(spec.n_vectors, RANK)) @ w + 0.3 * rng.normal(size=(spec.n_vectors, spec.dim))
+                x = x + 2.0 * ((k + 1) % len(id_names) - k)
             out.append(torch.tensor(x + 5.0 + 2.0 * k, dtype=torch.float32))
             ids.append(id_names[k])
         return out, (ids if spec.n_ids else None)
@@ -149,7 +156,9 @@ def test_state_dict_round_trip_gives_identical_scores(case) -> None:
 def test_bundle_round_trip_gives_identical_scores(case, tmp_path) -> None:
     det, data = case
     clips, ids, _ = _test_set(data)
-    feature = LogMelConfig(n_mels=data["dim"])  # only recorded here: these tests feed feature vectors directly
+    # only recorded here (these tests feed feature vectors directly), but of a kind the detector takes
+    kinds = det.feature_kinds
+    feature = LogMelConfig(n_mels=data["dim"]) if kinds is None else RECORDED[kinds[0]](data["dim"])
     save_bundle(tmp_path / "b", det, feature, 1.5, {"method": "fixed", "value": 1.5}, "fan", ["id_00"], {})
     bundle = load_bundle(tmp_path / "b", device="cpu")
     assert bundle.name == det.name and type(bundle.detector) is type(det)

@@ -23,11 +23,20 @@ BANDSTATS = {"kind": "test_bandstats", "sample_rate": SR, "n_fft": 256, "hop_len
 # window-level kinds with a frame front end (the monitor reduces each window's frames)
 CLIPSTATS = {"kind": "clipstats", "sample_rate": SR, "n_fft": 256, "win_length": 200, "hop_length": 80, "n_mels": 32}
 MODSPEC = {"kind": "modspec", "sample_rate": SR, "n_fft": 256, "hop_length": 64, "n_mels": 16}
+STGRAM = {"kind": "stgram", "sample_rate": SR, "n_fft": 1024, "hop_length": 256, "n_mels": 128}
 WINDOW, HOP = 1.0, 0.25
 IDS = ["id_00", "id_01"]
+# a tiny config of each kind a detector may insist on (`Detector.feature_kinds`)
+TINY = {"logmel": FEATURE, "stgram": STGRAM}
 
-# (detector, feature, stages): every detector on log-mel, plus the stage and feature seams
-CASES = [(name, FEATURE, []) for name in sorted(REGISTRY) + [c.name for c in plugins.DETECTORS]]
+
+def _own_feature(name: str) -> dict:
+    kinds = REGISTRY[name].feature_kinds if name in REGISTRY else None
+    return FEATURE if kinds is None or "logmel" in kinds else TINY[kinds[0]]
+
+
+# (detector, feature, stages): every detector on log-mel (or its own kind), plus the stage and feature seams
+CASES = [(name, _own_feature(name), []) for name in sorted(REGISTRY) + [c.name for c in plugins.DETECTORS]]
 CASES += [
     ("dcase_ae", FEATURE, [{"name": "pca", "params": {"n_components": 0.99}}]),
     ("dcase_ae", FEATURE, ["test_window_centre"]),
