@@ -44,6 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    args._argv = list(sys.argv[1:] if argv is None else argv)  # `train --nproc` relaunches the same command
     setup_logging(logging.DEBUG if args.verbose else logging.INFO)
     keep_freed_memory()
     module = importlib.import_module(args._module)

@@ -31,8 +31,11 @@ detector fitted in one pass says in one log line that it ignores `--epochs`.
 from __future__ import annotations
 
 import argparse
+import logging
 from pathlib import Path
 from typing import Any, Sequence
+
+log = logging.getLogger(__name__)
 
 VECTOR_SUFFIXES = (".npz", ".csv")
 
@@ -53,6 +56,9 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threshold", metavar="SPEC", help="gamma (default), gamma:Q, percentile:P or fixed:V")
     parser.add_argument("--seed", type=int, help="random seed (default 0)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    parser.add_argument("--nproc", type=int, default=1, metavar="N",
+                        help="train data-parallel in N processes on this machine (torchrun; one per GPU, or CPU "
+                             "processes on gloo); default 1")
 
 
 def load_config(path: Path | None) -> dict[str, Any]:
@@ -100,7 +106,19 @@ def _apply_flags(config: dict[str, Any], args: argparse.Namespace) -> dict[str, 
 
 def run(args: argparse.Namespace) -> int:
     from models.bundle import load_bundle
+    from models.training import distributed
 
+    if args.nproc < 1:
+        raise ValueError(f"--nproc must be >= 1, got {args.nproc}")
+    if args.nproc > 1 and not distributed.launched():
+        load_config(args.config)  # a bad config is reported once, here, not by every process
+        return _relaunch(args)
+    if distributed.launched():  # joined before any work, so that only process 0 writes, whatever the model
+        from models.device import select_device
+
+        distributed.init_from_env(select_device(args.device or "auto"))
+        if not distributed.is_main():
+            logging.getLogger().setLevel(logging.WARNING)  # one process reports
     config = _apply_flags(load_config(args.config), args)
     progress = False if args.no_progress else None
     if is_vector_file(args.data):
@@ -115,6 +133,10 @@ def run(args: argparse.Namespace) -> int:
         clips = load_clips(args.data, machine=args.machine, lenient=False)
         out = train_bundle(clips, args.model, args.machine, args.out, config, ids=args.ids,
                            data_source=str(args.data), device=args.device, progress=progress, epochs=args.epochs)
+    main_process = distributed.is_main()
+    distributed.finish()  # after process 0 has written the bundle
+    if not main_process:  # process 0 reports
+        return 0
     bundle = load_bundle(out, device="cpu")  # proves the bundle is complete before we say so
     summary = bundle.meta["training"]
     print(
@@ -123,6 +145,26 @@ def run(args: argparse.Namespace) -> int:
         f"{summary['threshold_scores']} scores)"
     )
     return 0
+
+
+def _relaunch(args: argparse.Namespace) -> int:
+    """The same command under torchrun with `--nproc` processes on this machine (`--standalone`: a rendezvous on
+    a free local port). For several machines, run torchrun yourself on each one (see the README)."""
+    import subprocess
+    import sys
+
+    argv, skip = [], False
+    for a in args._argv:  # the command as given, without --nproc
+        if skip:
+            skip = False
+        elif a == "--nproc":
+            skip = True
+        elif not a.startswith("--nproc="):
+            argv.append(a)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={args.nproc}",
+           "-m", "offline.cli", *argv]
+    log.info("training in %d processes: %s", args.nproc, " ".join(cmd))
+    return subprocess.call(cmd)
 
 
 def is_vector_file(path: Path) -> bool:

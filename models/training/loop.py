@@ -13,6 +13,9 @@ training data into validation.
 
 What a step does is pluggable (`Step`): the default minimises one loss with one Adam; a GAN-style step uses several
 optimizers and calls `ctx.minimize` once per loss.
+
+Under `torchrun` (`asd-offline train --nproc N`) the loop runs data-parallel (`models.training.distributed`): the
+module is wrapped in DistributedDataParallel and each process trains on its share of every batch.
 """
 
 from __future__ import annotations
@@ -26,6 +29,8 @@ from typing import Callable, Iterator, Sequence
 
 import torch
 from torch import nn
+
+from models.training import distributed
 
 log = logging.getLogger(__name__)
 
@@ -251,12 +256,19 @@ def fit_step(
         raise ValueError(f"{len(labels)} labels for {len(lengths)} clips")
     gen = torch.Generator().manual_seed(s.seed)
     sampler = _Sampler(lengths, labels, s, gen)
+    distributed.init_from_env(s.device)
+    world, rank = distributed.world_size(), distributed.rank()
     module = step.module.to(s.device)
+    if world > 1:  # the step sees the wrapper (its forward syncs gradients); `module` stays the bare network
+        from torch.nn.parallel import DistributedDataParallel
+
+        step.module = DistributedDataParallel(
+            module, device_ids=[torch.cuda.current_device()] if s.device.type == "cuda" else None)
     feed = _Feeder(X, s.device)
     ctx = StepContext(step.optimizers(s.lr), s.device)
     n_batches = math.ceil(sampler.n_train / s.batch_size)
     history: list[dict[str, float]] = []
-    progress = make_progress(s.progress, s.desc, s.epochs)
+    progress = make_progress(s.progress and rank == 0, s.desc, s.epochs)
     step.begin(lambda: (Batch(feed(idx), _to(sampler.label(idx), s.device))
                         for idx in sampler.in_order().split(s.batch_size)))
     log.info(
@@ -269,16 +281,19 @@ def fit_step(
     with _threads(s.num_threads), progress or contextlib.nullcontext():
         for epoch in range(1, s.epochs + 1):
             t0 = time.perf_counter()
-            module.train()
+            step.module.train()  # the wrapper too, under DistributedDataParallel
             order = sampler.epoch()
             total, seen = torch.zeros((), device=s.device), 0  # summed on the device: no sync per step
             for start in range(0, len(order), s.batch_size):
                 idx = order[start : start + s.batch_size]
-                if len(idx) < 2:
+                if len(idx) < 2 * world:  # every process skips it alike (a lone one would wait for the others)
                     continue
+                idx = idx[rank::world]  # this process's share of the batch
                 loss = step.train_step(Batch(feed(idx), _to(sampler.label(idx), s.device)), ctx)
                 total += loss.detach().float() * len(idx)
                 seen += len(idx)
+            total = distributed.all_sum(total)
+            seen = int(distributed.all_sum(torch.tensor(seen, device=s.device)))
             mean_loss = float(total) / max(seen, 1)
             if not math.isfinite(mean_loss):
                 raise RuntimeError(f"{s.desc}: training diverged (loss {mean_loss}) at epoch {epoch}; try a lower lr")
@@ -298,6 +313,7 @@ def fit_step(
                 log.info("%s: no lower validation loss for %d epochs: stopped after epoch %d", s.desc, s.patience,
                          epoch)
                 break
+    step.module = module
     if kept is not None:
         module.load_state_dict(kept)
         log.info("%s: kept epoch %d (lowest validation loss on held-out normal clips, %.4g)", s.desc, best[1],

@@ -28,6 +28,7 @@ from models.features import FeatureConfig, feature_from_dict
 from models.scoring import Chain
 from models.stages import Stage, get_stage
 from models.threshold import MIN_GAMMA_SCORES, TRAIN_PERCENTILES, fit_threshold, parse_threshold_spec
+from models.training import distributed
 from models.training.loop import make_progress
 
 log = logging.getLogger(__name__)
@@ -360,6 +361,10 @@ def fit_bundle(
     cpu0 = time.process_time()  # CPU time of all threads: tells a slow machine from a busy one
     chain, transformed = _fit_chain(spec, fit, ids_fit)
     t_fit, cpu_fit = time.perf_counter() - t0, time.process_time() - cpu0
+    if not distributed.is_main():
+        log.info("process %d of %d: fitted; process 0 writes the bundle", distributed.rank(),
+                 distributed.world_size())
+        return Path(out)
     train_scores = spec.detector.score(transformed, ids_fit)  # the fit clips through the stages already
     if cross_fitted is not None:
         scores, scored_ids, source = np.asarray(cross_fitted, dtype=np.float64), ids_fit, "cross-fitted"
@@ -395,6 +400,7 @@ def fit_bundle(
         "epochs_run": len(history),
         "final_loss": history[-1]["loss"] if history else None,
         "final_val_loss": history[-1].get("val_loss") if history else None,
+        "loss_curve": [{k: h[k] for k in ("epoch", "loss", "val_loss") if k in h} for h in history],
     }
     full_summary.setdefault("n_clips", len(fit) + len(holdout))
     config = {**spec.config, "params": spec.detector.get_params(),

@@ -154,7 +154,7 @@ def test_stgram_network_embeds_crops() -> None:
     net = StgramMFN(3, 8, 32, 16, [[2, 8, 1, 2]], 8, 16, 8, 0.7, 30.0).eval()
     with torch.no_grad():
         assert net(torch.randn(4, 16, 40)).shape == (4, 8)
-        assert net.logits(torch.randn(4, 16, 40), torch.tensor([0, 1, 2, 0])).shape == (4, 3)
+        assert net(torch.randn(4, 16, 40), torch.tensor([0, 1, 2, 0])).shape == (4, 3)
 
 
 def test_a_bundle_whose_feature_disagrees_with_the_network_is_refused(tmp_path) -> None:

@@ -43,6 +43,7 @@ from models.detectors.base import (
 from models.detectors.deep_svdd.network import Autoencoder, Encoder
 from models.device import select_device
 from models.features import LogMelConfig
+from models.training import distributed
 from models.training.loop import Batch, Step, TrainSettings, fit_step
 
 OBJECTIVES = ("one-class", "soft-boundary")
@@ -105,8 +106,8 @@ class SvddStep(_AdamStep):
         dists, self._epoch_dists = self._epoch_dists, []
         if self.objective != "soft-boundary":
             return {}
-        if epoch >= self.warm_up_epochs and dists:
-            self.radius = radius_quantile(torch.cat(dists), self.nu)
+        if epoch >= self.warm_up_epochs and dists:  # every process's distances: one radius for all of them
+            self.radius = radius_quantile(distributed.all_gather_cat(torch.cat(dists)), self.nu)
         return {"radius": self.radius}
 
 

@@ -58,7 +58,7 @@ class ArcFaceStep(Step):
 
     def loss(self, batch: Batch) -> torch.Tensor:
         assert batch.y is not None, "fit_step passes each crop's id"
-        return F.cross_entropy(self.module.logits(batch.x, batch.y).float(), batch.y.long())
+        return F.cross_entropy(self.module(batch.x, batch.y).float(), batch.y.long())
 
     def end_epoch(self, epoch: int) -> dict[str, float]:
         assert self.scheduler is not None
@@ -223,7 +223,7 @@ class StgramMfn(Detector):
             for s in range(0, len(crops), _SCORE_BATCH):
                 x = torch.stack(crops[s : s + _SCORE_BATCH]).to(self.device_)
                 yb = y[s : s + _SCORE_BATCH].to(self.device_)
-                logp = torch.log_softmax(self.net_.logits(x, yb).float(), dim=1)
+                logp = torch.log_softmax(self.net_(x, yb).float(), dim=1)
                 surprise[s : s + len(yb)] = -logp.gather(1, yb[:, None])[:, 0].double().cpu()
         sums = torch.zeros(len(checked), dtype=torch.float64).index_add_(0, torch.tensor(owner), surprise)
         counts = torch.bincount(torch.tensor(owner), minlength=len(checked)).double()

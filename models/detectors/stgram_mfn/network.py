@@ -120,8 +120,8 @@ class ArcFace(nn.Module):
 
 
 class StgramMFN(nn.Module):
-    """`[B, frames, n_mels + n_fft]` crops (the `stgram` feature's frames) -> 128-dim embeddings; `logits` adds the
-    ArcFace head."""
+    """`[B, frames, n_mels + n_fft]` crops (the `stgram` feature's frames) -> 128-dim embeddings, or ArcFace
+    logits when given labels."""
 
     def __init__(self, n_classes: int, n_mels: int, n_fft: int, frames: int, blocks: Sequence[Sequence[int]],
                  stem: int, head: int, embedding: int, margin: float, scale: float) -> None:
@@ -131,10 +131,10 @@ class StgramMFN(nn.Module):
         self.mfn = MobileFaceNet(n_mels, frames, blocks, stem, head, embedding)
         self.arcface = ArcFace(embedding, n_classes, margin, scale)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        """Embeddings, or with `labels` the ArcFace logits (through forward, so that DistributedDataParallel sees
+        the whole training computation)."""
         sgram = x[..., : self.n_mels].transpose(1, 2)  # [B, n_mels, frames]
         tgram = self.tgram(x[..., self.n_mels :])
-        return self.mfn(torch.stack([sgram, tgram], dim=1))
-
-    def logits(self, x: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        return self.arcface(self(x), labels)
+        embedding = self.mfn(torch.stack([sgram, tgram], dim=1))
+        return embedding if labels is None else self.arcface(embedding, labels)
