@@ -78,8 +78,11 @@ def train_model_bundle(work: Path, model: str, config: dict[str, Any], n_clips: 
     from offline.cli import main as offline_main
     from offline.datasets.index import load_clips
 
+    from models.detectors import get_detector
+
     data = work / "train_data"
-    rc = offline_main(["synth", str(data), "--machines", "fan", "--ids", "1", "--train-clips", str(n_clips),
+    ids = "2" if get_detector(model).needs_ids else "1"  # a classifier of machine ids needs two of them
+    rc = offline_main(["synth", str(data), "--machines", "fan", "--ids", ids, "--train-clips", str(n_clips),
                        "--test-clips", "0", "--seed", "0"])
     if rc != 0:
         raise RuntimeError(f"asd-offline synth exited {rc}")
@@ -203,10 +206,12 @@ def one_level(n: int, bundle: Path, wavs: list[Path], mqtt: str | None, warmup: 
     sinks: dict[str, Any] = {"tui": {"enabled": False}, "prometheus": {"enabled": True, "port": 0}}
     if mqtt:
         sinks["mqtt"] = {"url": mqtt, "outbox_size": 100000}
+    ids = json.loads((bundle / "bundle.json").read_text()).get("machine", {}).get("ids") or [None]
     cfg = parse_config({
         "node": "bench",
         "bundle": str(bundle),
-        "sources": [{"name": f"s{i}", "replay": [str(wavs[i % len(wavs)])]} for i in range(n)],
+        # every source says the bundle's first machine id (models that score per id need one)
+        "sources": [{"name": f"s{i}", "replay": [str(wavs[i % len(wavs)])], "machine_id": ids[0]} for i in range(n)],
         "pipeline": {"device": "cpu", "block_seconds": 0.25, "queue_blocks": 64},
         "replay": {"speed": 1.0, "duration_seconds": WINDOW_SECONDS + warmup + seconds, "loop": loop},
         "sinks": sinks,
