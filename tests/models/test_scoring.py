@@ -44,6 +44,7 @@ CASES += [
     ("test_window_quantile", BANDSTATS, ["pca"]),
     ("iforest", CLIPSTATS, ["minmax", {"name": "ddae", "params": {"groups": [32, 8], "epochs": 2}}]),
     ("modspec_graph", MODSPEC, []),
+    ("deep_svdd", CLIPSTATS, ["minmax"]),  # Deep SVDD on clip statistics, one of its "any feature" uses
     ("test_window_quantile", MODSPEC, []),
 ]
 
