@@ -154,7 +154,7 @@ def _relaunch(args: argparse.Namespace) -> int:
     import sys
 
     argv, skip = [], False
-    for a in args._argv:  # the command as given, without --nproc
+    for a in getattr(args, "_argv", sys.argv[1:]):  # the command as given, without --nproc
         if skip:
             skip = False
         elif a == "--nproc":
