@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import Any, ClassVar, Iterable, Literal, Sequence
+from typing import Any, Callable, ClassVar, Iterable, Literal, Sequence
 
 import numpy as np
 import torch
@@ -256,6 +256,18 @@ def check_state(state: dict[str, torch.Tensor], expected: dict[str, torch.Tensor
             raise ValueError(f"{owner}: state[{k!r}] is a {type(v).__name__}, not a tensor")
         if tuple(v.shape) != tuple(ref.shape):
             raise ValueError(f"{owner}: state[{k!r}] has shape {tuple(v.shape)}, model expects {tuple(ref.shape)}")
+
+
+ROW_CHUNK = 65536  # rows per forward pass of a network when scoring: bounds activation memory for long inputs
+
+
+@torch.no_grad()
+def per_row_chunks(fn: Callable[[torch.Tensor], torch.Tensor], X: torch.Tensor, device: torch.device,
+                   chunk: int = ROW_CHUNK) -> torch.Tensor:
+    """`fn` (one value per row, e.g. a network's reconstruction error) over `X` in chunks of rows moved to
+    `device`; the values come back on the CPU, `[N]`."""
+    out = [fn(X[s : s + chunk].to(device, non_blocking=True)).cpu() for s in range(0, X.shape[0], chunk)]
+    return torch.cat(out) if out else torch.zeros(0)
 
 
 def split_scores(per_vector: torch.Tensor, lengths: Iterable[int]) -> np.ndarray:

@@ -25,6 +25,7 @@ from models.detectors.base import (
     check_clips,
     check_state,
     check_vectors,
+    per_row_chunks,
     register,
     standardizer,
 )
@@ -32,7 +33,6 @@ from models.device import select_device
 from models.features import LogMelConfig
 from models.training.loop import TrainSettings, train_loop
 
-_SCORE_CHUNK = 65536  # rows per forward pass when scoring: bounds activation memory for long inputs
 
 
 class DenseAE(nn.Module):
@@ -118,18 +118,7 @@ class DcaseAE(Detector):
         X.sub_(mean).div_(scale)  # in place: X is our own concatenation, and the largest array in a fit
         device = select_device(self.device)
         net = self._build(dim)
-        settings = TrainSettings(
-            epochs=int(self.epochs),
-            batch_size=int(self.batch_size),
-            lr=float(self.lr),
-            validation_split=float(self.validation_split),
-            seed=int(self.seed),
-            device=device,
-            progress=bool(self.progress),
-            num_threads=self.num_threads,
-            desc=self.name,
-        )
-        self.history_ = train_loop(net, X, lengths, _reconstruction_loss, settings)
+        self.history_ = train_loop(net, X, lengths, _reconstruction_loss, TrainSettings.of(self, device))
         self._set_fitted(net, mean, scale, device)
         return self
 
@@ -142,18 +131,13 @@ class DcaseAE(Detector):
 
     # -- scoring ----------------------------------------------------------------------------------------------------
 
-    @torch.no_grad()
-    def _errors(self, X: torch.Tensor) -> torch.Tensor:
-        out = []
-        for start in range(0, X.shape[0], _SCORE_CHUNK):
-            x = X[start : start + _SCORE_CHUNK].to(self.device_, non_blocking=True)
-            x = (x - self.mean_) / self.scale_
-            out.append((self.net_(x) - x).square().mean(dim=1).cpu())
-        return torch.cat(out) if out else torch.zeros(0)
+    def _error(self, x: torch.Tensor) -> torch.Tensor:
+        x = (x - self.mean_) / self.scale_
+        return (self.net_(x) - x).square().mean(dim=1)
 
     def score_vectors(self, X: torch.Tensor, ids: Sequence[str] | None = None) -> torch.Tensor:
         self._check_fitted()
-        return self._errors(check_vectors(X, self.dim_))
+        return per_row_chunks(self._error, check_vectors(X, self.dim_), self.device_)
 
     @property
     def is_fitted(self) -> bool:

@@ -125,9 +125,7 @@ class FeatureAutoencoder(Stage):
             noisy = (x + noise_std * torch.randn_like(x)).clamp_(0.0, 1.0) if self.noise_factor > 0 else x
             return F.mse_loss(module(noisy).float(), x.float())
 
-        settings = TrainSettings(epochs=int(self.epochs), batch_size=int(self.batch_size), lr=float(self.lr),
-                                 validation_split=0.0, seed=int(self.seed), device=device,
-                                 progress=bool(self.progress), num_threads=self.num_threads, desc=self.name)
+        settings = TrainSettings.of(self, device, validation_split=0.0)
         with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
             torch.manual_seed(self.seed)  # the corruption noise is drawn from the global generator
             history = train_loop(net, X, lengths, loss, settings)

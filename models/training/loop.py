@@ -58,6 +58,16 @@ class TrainSettings:
     keep_best: bool = False
     patience: int | None = None
 
+    @classmethod
+    def of(cls, owner: object, device: torch.device, **overrides: object) -> "TrainSettings":
+        """Settings from a detector's or stage's same-named hyper-parameters (`epochs`, `batch_size`, `lr`,
+        `validation_split`, `seed`, `progress`, `num_threads`; `desc` is its name), `overrides` winning: the one
+        mapping every neural part shares."""
+        casts = {"epochs": int, "batch_size": int, "lr": float, "validation_split": float, "seed": int,
+                 "progress": bool, "num_threads": lambda v: v}
+        values = {k: cast(getattr(owner, k)) for k, cast in casts.items() if k not in overrides}
+        return cls(**{"device": device, "desc": getattr(owner, "name", "training"), **values, **overrides})
+
     def __post_init__(self) -> None:
         if self.epochs < 1 or self.batch_size < 2:
             raise ValueError(f"epochs must be >= 1 and batch_size >= 2, got {self.epochs} and {self.batch_size}")

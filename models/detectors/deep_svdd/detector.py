@@ -37,6 +37,7 @@ from models.detectors.base import (
     check_clips,
     check_state,
     check_vectors,
+    per_row_chunks,
     register,
     standardizer,
 )
@@ -48,7 +49,6 @@ from models.training.loop import Batch, Step, TrainSettings, fit_step
 
 OBJECTIVES = ("one-class", "soft-boundary")
 CENTRE_EPS = 0.1  # |c_i| below this is pushed to +-CENTRE_EPS (the reference's eps)
-_SCORE_CHUNK = 65536  # rows per forward pass when scoring: bounds activation memory
 
 
 class _AdamStep(Step):
@@ -196,11 +196,6 @@ class DeepSvdd(Detector):
             torch.manual_seed(self.seed)
             return Encoder(dim, list(self.hidden), int(self.rep_dim))
 
-    def _settings(self, epochs: int, device: torch.device, desc: str) -> TrainSettings:
-        return TrainSettings(epochs=epochs, batch_size=int(self.batch_size), lr=float(self.lr),
-                             validation_split=float(self.validation_split), seed=int(self.seed), device=device,
-                             progress=bool(self.progress), num_threads=self.num_threads, desc=desc)
-
     def fit(self, clips: ClipsLike, ids: Sequence[str] | None = None) -> "DeepSvdd":
         self._check_params()
         checked = check_clips(clips, what=f"{self.name}.fit clips")
@@ -221,9 +216,10 @@ class DeepSvdd(Detector):
                 ae = Autoencoder(net, dim, list(self.hidden), int(self.rep_dim))
             step = _AdamStep(ae, float(self.weight_decay), _reconstruction)
             self.pretrain_history_ = fit_step(step, X, lengths,
-                                              self._settings(int(self.pretrain_epochs), device, f"{self.name} AE"))
+                                              TrainSettings.of(self, device, epochs=int(self.pretrain_epochs),
+                                                                               desc=f"{self.name} AE"))
         svdd = SvddStep(net, self.objective, float(self.nu), int(self.warm_up_epochs), float(self.weight_decay))
-        self.history_ = fit_step(svdd, X, lengths, self._settings(int(self.epochs), device, self.name))
+        self.history_ = fit_step(svdd, X, lengths, TrainSettings.of(self, device))
         assert svdd.c is not None
         self._set_fitted(net, svdd.c, svdd.radius, mean, scale, device)
         return self
@@ -240,18 +236,12 @@ class DeepSvdd(Detector):
 
     # -- scoring ----------------------------------------------------------------------------------------------------
 
-    @torch.no_grad()
-    def _distances(self, X: torch.Tensor) -> torch.Tensor:
-        out = []
-        for start in range(0, X.shape[0], _SCORE_CHUNK):
-            x = X[start : start + _SCORE_CHUNK].to(self.device_, non_blocking=True)
-            z = self.net_((x - self.mean_) / self.scale_)
-            out.append((z - self.c_).square().sum(dim=1).cpu())
-        return torch.cat(out) if out else torch.zeros(0)
+    def _distance(self, x: torch.Tensor) -> torch.Tensor:
+        return (self.net_((x - self.mean_) / self.scale_) - self.c_).square().sum(dim=1)
 
     def score_vectors(self, X: torch.Tensor, ids: Sequence[str] | None = None) -> torch.Tensor:
         self._check_fitted()
-        dist = self._distances(check_vectors(X, self.dim_))
+        dist = per_row_chunks(self._distance, check_vectors(X, self.dim_), self.device_)
         return dist - self.radius_**2 if self.objective == "soft-boundary" else dist
 
     @property

@@ -183,10 +183,7 @@ class StgramMfn(Detector):
         del checked
         device = select_device(self.device)
         net = self._build(dim, len(classes))
-        settings = TrainSettings(epochs=int(self.epochs), batch_size=int(self.batch_size), lr=float(self.lr),
-                                 validation_split=float(self.validation_split), seed=int(self.seed), device=device,
-                                 progress=bool(self.progress), num_threads=self.num_threads, desc=self.name,
-                                 window=int(self.frames), keep_best=bool(self.keep_best))
+        settings = TrainSettings.of(self, device, window=int(self.frames), keep_best=bool(self.keep_best))
         self.history_ = fit_step(ArcFaceStep(net, int(self.epochs)), X, lengths, settings, labels=labels)
         self.kept_epoch_ = kept_epoch(self.history_) if self.keep_best else None
         self._set_fitted(net, classes, dim, device)
