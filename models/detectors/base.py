@@ -270,6 +270,21 @@ def per_row_chunks(fn: Callable[[torch.Tensor], torch.Tensor], X: torch.Tensor, 
     return torch.cat(out) if out else torch.zeros(0)
 
 
+def crop_starts(n_frames: int, frames: int, hop: int | None = None) -> list[int]:
+    """Starts of the fixed-length crops that cover a window of `n_frames` vectors for a network built for `frames`:
+    every `hop` (default: `frames`, non-overlapping) from 0, plus one ending at the window's end when the last
+    regular one stops short of it."""
+    hop = frames if hop is None else hop
+    if n_frames < frames:
+        raise ValueError(f"a window of {n_frames} frames is shorter than the model's crop of {frames}")
+    if hop < 1:
+        raise ValueError(f"the crop hop must be >= 1 frames, got {hop}")
+    starts = list(range(0, n_frames - frames + 1, hop))
+    if starts[-1] + frames < n_frames:
+        starts.append(n_frames - frames)
+    return starts
+
+
 def split_scores(per_vector: torch.Tensor, lengths: Iterable[int]) -> np.ndarray:
     """Mean of per-vector scores within each clip: the clip score of a frame-level detector."""
     parts = torch.split(per_vector.double(), list(lengths))

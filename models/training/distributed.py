@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import os
+from typing import Iterable
 
 import torch
 import torch.distributed as dist
@@ -59,6 +60,23 @@ def all_sum(value: torch.Tensor) -> torch.Tensor:
     out = value.clone()
     dist.all_reduce(out, op=dist.ReduceOp.SUM)
     return out
+
+
+def average_gradients(params: Iterable[torch.nn.Parameter]) -> None:
+    """Replace each gradient by its mean over processes (what DistributedDataParallel does during backward), for
+    steps that cannot run under it. Every process computed the same losses, so the same parameters have gradients."""
+    if not active():
+        return
+    grads = [p.grad for p in params if p.grad is not None]
+    if not grads:
+        return
+    flat = torch.cat([g.reshape(-1) for g in grads])  # one collective instead of one per tensor
+    dist.all_reduce(flat, op=dist.ReduceOp.SUM)
+    flat /= world_size()
+    offset = 0
+    for g in grads:
+        g.copy_(flat[offset : offset + g.numel()].view_as(g))
+        offset += g.numel()
 
 
 def all_gather_cat(values: torch.Tensor) -> torch.Tensor:

@@ -53,6 +53,9 @@ class TrainSettings:
     num_threads: int | None = None  # CPU threads for this fit; None keeps torch's setting
     desc: str = "training"
     window: int | None = None  # None: row batches [B, dim]; T: windows [B, T, dim] of T consecutive vectors
+    # windows only: an epoch draws a window at every `window_stride`-th start of each clip (1: every window, as
+    # AEGAN-AD's reference does), each start jittered within its stride; None: about one pass over each clip
+    window_stride: int | None = None
     # checkpoint choice on held-out *normal* clips only: keep the epoch with the lowest validation loss (needs a
     # validation split), and stop after `patience` epochs without a new lowest (None: run every epoch)
     keep_best: bool = False
@@ -77,6 +80,8 @@ class TrainSettings:
             raise ValueError(f"lr must be positive, got {self.lr}")
         if self.window is not None and self.window < 1:
             raise ValueError(f"window must be >= 1 vectors, got {self.window}")
+        if self.window_stride is not None and (self.window is None or self.window_stride < 1):
+            raise ValueError(f"window_stride needs window batches and must be >= 1, got {self.window_stride}")
         if (self.keep_best or self.patience is not None) and self.validation_split <= 0:
             raise ValueError("keep_best and patience choose epochs by validation loss: set validation_split > 0")
         if self.patience is not None and self.patience < 1:
@@ -93,28 +98,37 @@ class Batch:
 
 
 class StepContext:
-    """What a step uses to update parameters: mixed-precision scaling and the optimizers, in one place."""
+    """What a step uses to update parameters: mixed-precision scaling and the optimizers, in one place.
+    `average_gradients`: under several processes without DistributedDataParallel (`Step.ddp` False), each
+    optimizer's gradients are averaged over the processes before its step."""
 
-    def __init__(self, optimizers: Sequence[torch.optim.Optimizer], device: torch.device) -> None:
+    def __init__(self, optimizers: Sequence[torch.optim.Optimizer], device: torch.device,
+                 average_gradients: bool = False) -> None:
         self.optimizers = list(optimizers)
         self.autocast, self.scaler = _autocast(device)
+        self.average_gradients = average_gradients
 
     def minimize(self, loss: torch.Tensor, optimizer: int = 0) -> None:
         """One gradient step of `optimizers[optimizer]` on `loss`."""
         opt = self.optimizers[optimizer]
         opt.zero_grad(set_to_none=True)
+        (self.scaler.scale(loss) if self.scaler is not None else loss).backward()
+        if self.average_gradients:
+            distributed.average_gradients(p for group in opt.param_groups for p in group["params"])
         if self.scaler is not None:
-            self.scaler.scale(loss).backward()
             self.scaler.step(opt)
             self.scaler.update()
         else:
-            loss.backward()
             opt.step()
 
 
 class Step:
     """The default step: minimise `loss_fn(module, batch.x)` with one fused Adam. Subclasses override `loss`
     (e.g. to use labels), `optimizers` and `train_step` (several losses and optimizers)."""
+
+    # under several processes, wrap the module in DistributedDataParallel; False for steps it cannot run (a double
+    # backward, as WGAN-GP's gradient penalty): their gradients are averaged per optimizer step instead
+    ddp: bool = True
 
     def __init__(self, module: nn.Module, loss_fn: LossFn | None = None) -> None:
         self.module = module
@@ -200,7 +214,7 @@ class _Sampler:
 
     def __init__(self, lengths: Sequence[int], labels: torch.Tensor | None, settings: TrainSettings,
                  generator: torch.Generator) -> None:
-        self.gen, self.window = generator, settings.window
+        self.gen, self.window, self.stride = generator, settings.window, settings.window_stride
         self.offsets = _offsets(lengths)
         self.clip_of_row = torch.repeat_interleave(torch.arange(len(lengths)), torch.tensor(list(lengths)))
         self.labels = labels
@@ -222,20 +236,32 @@ class _Sampler:
     def _windows(self, starts: torch.Tensor) -> torch.Tensor:
         return starts[:, None] + torch.arange(self.window)[None, :]
 
+    def _per_clip(self) -> torch.Tensor:
+        """Training windows drawn from each training clip per epoch."""
+        lengths = torch.tensor([self.lengths[c] for c in self.train_clips.tolist()], dtype=torch.long)
+        if self.stride is None:
+            return lengths // self.window
+        return (lengths - self.window) // self.stride + 1
+
     @property
     def n_train(self) -> int:
         if self.window is None:
             return len(self.train)
-        return int(sum(self.lengths[c] // self.window for c in self.train_clips.tolist()))
+        return int(self._per_clip().sum())
 
     def epoch(self) -> torch.Tensor:
         """This epoch's training items in a random order: row indices [n] or window row indices [n, T]."""
         if self.window is None:
             return self.train[torch.randperm(len(self.train), generator=self.gen)]
-        per_clip = torch.tensor([self.lengths[c] // self.window for c in self.train_clips.tolist()])
+        per_clip = self._per_clip()
         clips = torch.repeat_interleave(self.train_clips, per_clip)
-        room = torch.tensor([self.lengths[c] - self.window + 1 for c in clips.tolist()])
-        offsets = (torch.rand(len(clips), generator=self.gen) * room).long()
+        room = torch.tensor([self.lengths[c] - self.window + 1 for c in clips.tolist()], dtype=torch.long)
+        if self.stride is None:  # anywhere in the clip
+            offsets = (torch.rand(len(clips), generator=self.gen) * room).long()
+        else:  # the k-th window of a clip starts in [k * stride, (k + 1) * stride), within the clip
+            k = torch.cat([torch.arange(int(n)) for n in per_clip]) if len(per_clip) else torch.zeros(0)
+            jitter = (torch.rand(len(clips), generator=self.gen) * self.stride).long()
+            offsets = torch.minimum(k.long() * self.stride + jitter, room - 1)
         starts = self.offsets[clips] + offsets
         return self._windows(starts[torch.randperm(len(starts), generator=self.gen)])
 
@@ -269,13 +295,13 @@ def fit_step(
     distributed.init_from_env(s.device)
     world, rank = distributed.world_size(), distributed.rank()
     module = step.module.to(s.device)
-    if world > 1:  # the step sees the wrapper (its forward syncs gradients); `module` stays the bare network
+    if world > 1 and step.ddp:  # the step sees the wrapper (its forward syncs gradients); `module` stays bare
         from torch.nn.parallel import DistributedDataParallel
 
         step.module = DistributedDataParallel(
             module, device_ids=[torch.cuda.current_device()] if s.device.type == "cuda" else None)
     feed = _Feeder(X, s.device)
-    ctx = StepContext(step.optimizers(s.lr), s.device)
+    ctx = StepContext(step.optimizers(s.lr), s.device, average_gradients=world > 1 and not step.ddp)
     n_batches = math.ceil(sampler.n_train / s.batch_size)
     history: list[dict[str, float]] = []
     progress = make_progress(s.progress and rank == 0, s.desc, s.epochs)

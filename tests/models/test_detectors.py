@@ -29,7 +29,8 @@ from tests import plugins
 RANK = 4
 AUC_FLOOR = 0.9
 # a feature config of `dim` values for detectors that insist on a kind (`Detector.feature_kinds`)
-RECORDED = {"stgram": lambda dim: StgramConfig(n_mels=128, n_fft=dim - 128, hop_length=16)}
+RECORDED = {"stgram": lambda dim: StgramConfig(n_mels=128, n_fft=dim - 128, hop_length=16),
+            "logmel": lambda dim: LogMelConfig(n_mels=dim)}
 NAMES = sorted(REGISTRY) + [c.name for c in plugins.DETECTORS]
 
 

@@ -26,13 +26,15 @@ MODSPEC = {"kind": "modspec", "sample_rate": SR, "n_fft": 256, "hop_length": 64,
 STGRAM = {"kind": "stgram", "sample_rate": SR, "n_fft": 1024, "hop_length": 256, "n_mels": 128}
 WINDOW, HOP = 1.0, 0.25
 IDS = ["id_00", "id_01"]
-# a tiny config of each kind a detector may insist on (`Detector.feature_kinds`)
+# a tiny config of each kind a detector may insist on (`Detector.feature_kinds`), and of a layout one insists on
 TINY = {"logmel": FEATURE, "stgram": STGRAM}
+PATCHES = {"kind": "logmel", "sample_rate": SR, "n_fft": 256, "hop_length": 128, "n_mels": 16}  # 16 x 16 patches
+OWN = {"aegan_ad": PATCHES}
 
 
 def _own_feature(name: str) -> dict:
     kinds = REGISTRY[name].feature_kinds if name in REGISTRY else None
-    return FEATURE if kinds is None or "logmel" in kinds else TINY[kinds[0]]
+    return OWN.get(name) or (FEATURE if kinds is None or "logmel" in kinds else TINY[kinds[0]])
 
 
 # (detector, feature, stages): every detector on log-mel (or its own kind), plus the stage and feature seams

@@ -11,7 +11,8 @@ import pytest
 import torch
 from torch import nn
 
-from models.detectors.stgram_mfn.detector import StgramMfn, crop_starts
+from models.detectors.base import crop_starts
+from models.detectors.stgram_mfn.detector import StgramMfn
 from models.detectors.stgram_mfn.network import ArcFace, MobileFaceNet, StgramMFN, TgramNet, MOBILEFACENET_BLOCKS
 from models.features import LogMelConfig, feature_from_dict
 from models.features.stgram import StgramConfig

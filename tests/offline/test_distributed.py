@@ -69,6 +69,20 @@ def test_soft_boundary_deep_svdd_trains_in_two_processes(dataset: Path, tmp_path
     assert load_bundle(out, device="cpu").detector.radius_ > 0
 
 
+def test_aegan_ad_trains_in_two_processes_without_ddp(dataset: Path, tmp_path: Path) -> None:
+    """The gradient penalty's double backward cannot run under DistributedDataParallel: AEGAN-AD's step averages
+    each optimizer's gradients over the processes instead, and the fit ends in one loadable bundle."""
+    config = tmp_path / "aegan.yaml"
+    config.write_text("feature: {kind: logmel, n_fft: 1024, hop_length: 512, n_mels: 16}\n"
+                      "params: {isize: 16, nz: 8, ndf: 4, ngf: 4, batch_size: 16, lr: 0.001, score_hop: 8}\n"
+                      "holdout: 0\n")
+    out = tmp_path / "aegan"
+    r = _train(dataset, out, "aegan_ad", 2, config, epochs=2)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert len(_curve(out)) == 2 and np.isfinite(_curve(out)).all()
+    assert load_bundle(out, device="cpu").detector.critic_ is not None
+
+
 def _gather_worker(rank: int, init: str, out: str) -> None:
     import torch
     import torch.distributed as dist
@@ -80,13 +94,18 @@ def _gather_worker(rank: int, init: str, out: str) -> None:
         values = torch.arange(3 + 2 * rank, dtype=torch.float32) + 10 * rank  # lengths 3 and 5
         gathered = distributed.all_gather_cat(values)
         total = distributed.all_sum(torch.tensor(float(rank + 1)))
-        Path(out, f"rank{rank}.json").write_text(json.dumps({"gathered": gathered.tolist(), "sum": float(total),
-                                                             "main": distributed.is_main()}))
+        params = [torch.nn.Parameter(torch.zeros(2, 2)), torch.nn.Parameter(torch.zeros(3)),
+                  torch.nn.Parameter(torch.zeros(1))]  # the last has no gradient
+        params[0].grad, params[1].grad = torch.full((2, 2), 1.0 + rank), torch.arange(3.0) * (rank + 1)
+        distributed.average_gradients(params)
+        Path(out, f"rank{rank}.json").write_text(json.dumps({
+            "gathered": gathered.tolist(), "sum": float(total), "main": distributed.is_main(),
+            "grads": [params[0].grad.flatten().tolist(), params[1].grad.tolist(), params[2].grad is None]}))
     finally:
         dist.destroy_process_group()
 
 
-def test_all_gather_cat_and_all_sum_across_two_gloo_processes(tmp_path: Path) -> None:
+def test_all_gather_cat_all_sum_and_average_gradients_across_two_gloo_processes(tmp_path: Path) -> None:
     import torch.multiprocessing as mp
 
     mp.spawn(_gather_worker, args=(f"file://{tmp_path / 'rendezvous'}", str(tmp_path)), nprocs=2, join=True)
@@ -94,6 +113,7 @@ def test_all_gather_cat_and_all_sum_across_two_gloo_processes(tmp_path: Path) ->
     expected = [0.0, 1.0, 2.0, 10.0, 11.0, 12.0, 13.0, 14.0]
     assert [r["gathered"] for r in results] == [expected, expected]  # rank order, uneven lengths
     assert [r["sum"] for r in results] == [3.0, 3.0] and [r["main"] for r in results] == [True, False]
+    assert [r["grads"] for r in results] == [[[1.5] * 4, [0.0, 1.5, 3.0], True]] * 2  # means; None stays None
 
 
 def test_a_bad_config_is_reported_once_before_any_process_starts(dataset: Path, tmp_path: Path) -> None:
