@@ -32,6 +32,7 @@ from models.detectors.base import (
     check_clips,
     check_ids,
     check_state,
+    crop_starts,
     register,
 )
 from models.detectors.stgram_mfn.network import MOBILEFACENET_BLOCKS, StgramMFN
@@ -65,17 +66,6 @@ class ArcFaceStep(Step):
         lr = self.scheduler.get_last_lr()[0]
         self.scheduler.step()
         return {"lr": float(lr)}
-
-
-def crop_starts(n_frames: int, frames: int) -> list[int]:
-    """Starts of the crops that cover a window: every `frames` from 0, plus one ending at the window's end when
-    the length is not a multiple."""
-    if n_frames < frames:
-        raise ValueError(f"a window of {n_frames} frames is shorter than the model's crop of {frames}")
-    starts = list(range(0, n_frames - frames + 1, frames))
-    if starts[-1] + frames < n_frames:
-        starts.append(n_frames - frames)
-    return starts
 
 
 @register
