@@ -271,9 +271,9 @@ def per_row_chunks(fn: Callable[[torch.Tensor], torch.Tensor], X: torch.Tensor, 
 
 
 def crop_starts(n_frames: int, frames: int, hop: int | None = None) -> list[int]:
-    """Starts of the fixed-length crops that cover a window of `n_frames` vectors for a network built for `frames`:
-    every `hop` (default: `frames`, non-overlapping) from 0, plus one ending at the window's end when the last
-    regular one stops short of it."""
+    """Starts of the fixed-length crops that cover a window of `n_frames` vectors for a network built for `frames`
+    (`stgram_mfn`, `anomaly_transformer`, `aegan_ad`): every `hop` (default: `frames`, non-overlapping) from 0,
+    plus one ending at the window's end when the last regular one stops short of it."""
     hop = frames if hop is None else hop
     if n_frames < frames:
         raise ValueError(f"a window of {n_frames} frames is shorter than the model's crop of {frames}")
@@ -289,15 +289,3 @@ def split_scores(per_vector: torch.Tensor, lengths: Iterable[int]) -> np.ndarray
     """Mean of per-vector scores within each clip: the clip score of a frame-level detector."""
     parts = torch.split(per_vector.double(), list(lengths))
     return np.array([float(p.mean()) for p in parts], dtype=np.float64)
-
-
-def crop_starts(n_frames: int, frames: int) -> list[int]:
-    """Starts of the crops of `frames` vectors that cover a window of `n_frames` (window detectors built for one
-    crop length: `stgram_mfn`, `anomaly_transformer`): every `frames` from 0, plus one ending at the window's end when
-    the length is not a multiple."""
-    if n_frames < frames:
-        raise ValueError(f"a window of {n_frames} frames is shorter than the model's crop of {frames}")
-    starts = list(range(0, n_frames - frames + 1, frames))
-    if starts[-1] + frames < n_frames:
-        starts.append(n_frames - frames)
-    return starts

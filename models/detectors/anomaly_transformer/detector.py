@@ -17,11 +17,11 @@ Scoring (the reference's `test`): per frame, softmax over the crop's positions o
 reconstruction error (mean squared error over its dimensions); a crop's score is the mean over its frames. The
 network is built for crops of `frames` frames (100 by default, as the reference's windows); a window is split
 into crops by `crop_starts` (non-overlapping from the start, the last one aligned to the window's end) and its
-score is the mean of its crops' scores. With the default feature (hop 512 at 16 kHz) 100 frames are 3.232 s:
-`configs/anomaly_transformer.yaml` sets the monitor's `window_seconds` to 3.25 so that a monitor window is one
-crop, scored exactly as offline (a bundle trained without that config gets the recipe's general 10 s window: four
-crops, the last one aligned to the window's end). The threshold is set on whole held-out clips, each the mean of
-its crops, so single-crop monitor windows spread wider than the scores it was set on.
+score is the mean of its crops' scores. With the default feature (hop 512 at 16 kHz) 100 frames are 3.232 s;
+`configs/anomaly_transformer.yaml` keeps the monitor's `window_seconds` at 10, the training clips' length: a
+monitor window is then four crops (the last one aligned to its end), scored exactly as a 10 s clip offline and on
+the scale of the held-out clip scores the threshold is set on (a one-crop 3.25 s window would react sooner, but its
+scores spread wider than those the threshold was set on, so it would raise more false alarms).
 
 Model selection: the reference early-stops on (loss1, loss2) computed on its *test* set. Here the kept epoch is
 the one with the lowest reconstruction MSE on held-out normal clips (`validation_split`, by clip; `keep_best`,
