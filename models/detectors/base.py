@@ -98,6 +98,8 @@ class Detector(Learned):
     # Hyper-parameters that make a fit take well under a second on a few thousand vectors: tests and the demo use
     # them so that every registered detector can be exercised the same way.
     quick_params: ClassVar[dict[str, Any]] = {}
+    # Settings of `default_feature` that `quick_params` need changed (AEGAN-AD's square patches: n_mels = isize)
+    quick_feature: ClassVar[dict[str, Any]] = {}
     # The feature kinds it can take (None: any): a network built around one kind's layout (STgram-MFN's log-mel
     # plus raw frames) refuses another before any data is read
     feature_kinds: ClassVar[tuple[str, ...] | None] = None

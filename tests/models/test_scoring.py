@@ -28,8 +28,7 @@ WINDOW, HOP = 1.0, 0.25
 IDS = ["id_00", "id_01"]
 # a tiny config of each kind a detector may insist on (`Detector.feature_kinds`), and of a layout one insists on
 TINY = {"logmel": FEATURE, "stgram": STGRAM}
-PATCHES = {"kind": "logmel", "sample_rate": SR, "n_fft": 256, "hop_length": 128, "n_mels": 16}  # 16 x 16 patches
-OWN = {"aegan_ad": PATCHES}
+OWN = {"aegan_ad": {**FEATURE, "context": 1, **REGISTRY["aegan_ad"].quick_feature}}  # 16 x 16 patches
 
 
 def _own_feature(name: str) -> dict:

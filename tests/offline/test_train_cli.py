@@ -195,7 +195,10 @@ def test_every_registered_detector_trains_quickly_with_epochs_and_scores(name: s
     quick = {k: v for k, v in REGISTRY[name].quick_params.items() if k != "epochs"}
     if REGISTRY[name].combines_members:
         quick["members"] = list(REGISTRY[name].quick_members)
-    cfg.write_text(yaml.safe_dump({"params": quick, "threshold": "percentile:90"}))
+    config = {"params": quick, "threshold": "percentile:90"}
+    if REGISTRY[name].quick_feature:
+        config["feature"] = {**REGISTRY[name].default_feature, **REGISTRY[name].quick_feature}
+    cfg.write_text(yaml.safe_dump(config))
     out = tmp_path / name
     assert main(["train", "--data", str(dataset), "--model", name, "--machine", "fan", "--config", str(cfg),
                  "--out", str(out), *FAST]) == 0

@@ -134,6 +134,7 @@ class AeganAd(Detector):
     # a critic needs a few hundred steps before its embedding tells structure apart (10 epochs: near chance)
     quick_params = {"isize": 16, "nz": 16, "ndf": 8, "ngf": 4, "epochs": 20, "batch_size": 32, "lr": 2e-3,
                     "score_hop": 8, "progress": False, "num_threads": 1}
+    quick_feature = {"n_mels": 16}  # patches of isize bands
 
     def __init__(
         self,
