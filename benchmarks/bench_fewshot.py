@@ -288,7 +288,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out-dir", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    logging.getLogger("models").setLevel(logging.WARNING)
     if not (args.real_dir / "manifest.csv").exists():
         print(f"real recordings not found at {args.real_dir}", file=sys.stderr)
         return 2

@@ -71,6 +71,8 @@ def train_tiny(data: Path, machine: str, out: Path, model: str = "dcase_ae") -> 
         if key in cls.param_names():
             params[key] = value
     config = {"params": params, "holdout": 0.4, "seed": 0}
+    if cls.quick_feature:
+        config["feature"] = {**cls.default_feature, **cls.quick_feature}
     return train_bundle(load_clips(data, machine=machine), model, machine, out, config)
 
 
