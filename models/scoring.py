@@ -1,7 +1,8 @@
 """The one scoring path: features -> stages -> detector, for any number of streams, offline and in the monitor.
 
 `Chain` is the fitted model without its feature front end (stages then detector); `StreamScorer` feeds it from
-incremental features. Offline scoring of whole clips is the scorer with the window set to the clip (`window=None`:
+incremental features, after any leading causal stages (the mel denoiser), which run on each stream's vectors as
+they arrive with the stream's carried state (`CausalFront`). Offline scoring of whole clips is the scorer with the window set to the clip (`window=None`:
 each stream's one score comes at `flush()`), exactly as offline features are one stream fed the whole clip, so the
 monitor and `asd-offline score` cannot compute different numbers.
 
@@ -47,17 +48,30 @@ class Chain:
     def __init__(self, stages: Sequence["Stage"], detector: Detector) -> None:
         self.stages = list(stages)
         self.detector = detector
-        # stages up to the first window-level part run once per vector; the rest need whole windows
+        # leading causal stages (the mel denoiser) run on each stream's vectors in order, with carried state
+        n_causal = 0
+        while n_causal < len(self.stages) and self.stages[n_causal].granularity == "causal":
+            n_causal += 1
+        self.causal_stages = self.stages[:n_causal]
+        rest = self.stages[n_causal:]
+        if any(st.granularity == "causal" for st in rest):
+            raise ValueError("a causal stage (e.g. lstm_denoiser) must come first: it reads the feature's frames")
+        # then stages up to the first window-level part run once per vector; the rest need whole windows
         n_vec = 0
-        while n_vec < len(self.stages) and self.stages[n_vec].granularity == "vector":
+        while n_vec < len(rest) and rest[n_vec].granularity == "vector":
             n_vec += 1
-        self.vector_stages, self.window_stages = self.stages[:n_vec], self.stages[n_vec:]
+        self.vector_stages, self.window_stages = rest[:n_vec], rest[n_vec:]
         self.vector_level = not self.window_stages and detector.granularity == "vector"
 
     @property
     def granularity(self) -> str:
         """`vector` when every vector can be scored once and windows averaged, else `window`."""
         return "vector" if self.vector_level else "window"
+
+    def after_causal(self) -> "Chain":
+        """The chain without its causal stages: what a stream scorer runs once it has applied them to each stream's
+        vectors as they arrive (`CausalFront`)."""
+        return Chain(self.stages[len(self.causal_stages) :], self.detector) if self.causal_stages else self
 
     @property
     def additive(self) -> bool:
@@ -83,8 +97,12 @@ class Chain:
 
     def score_windows(self, windows: Sequence[torch.Tensor], ids: Sequence[str] | None = None,
                       transformed: bool = False) -> np.ndarray:
-        """One score per `[T, dim]` window (feature vectors; `transformed`: the vector stages already ran)."""
+        """One score per `[T, dim]` window (feature vectors, each window from its stream's start for a causal
+        stage; `transformed`: the causal and vector stages already ran)."""
         clips = list(windows)
+        if not transformed:
+            for stage in self.causal_stages:
+                clips = stage.transform_clips(clips)
         if not transformed and self.vector_stages:
             clips = _split_like(self.transform_vectors(torch.cat(clips)), clips)
         for stage in self.window_stages:
@@ -166,7 +184,9 @@ class StreamScorer:
     def __init__(self, feature: FeatureConfig, chain: Chain, n_streams: int = 0, window: float | None = None,
                  hop: float | None = None, device: str | torch.device | None = "cpu",
                  machine_ids: Sequence[str | None] | None = None) -> None:
-        self.feature, self.chain = feature, chain
+        if chain.causal_stages and feature.window_level:
+            raise ValueError(f"causal stages need a framed feature; {feature.kind} has one vector per window")
+        self.feature, self.chain = feature, chain.after_causal()
         front = feature.frame_front() if feature.window_level else None
         self.framing = front or feature  # what the stream computes incrementally: vectors, or a front end's frames
         if feature.window_level:
@@ -178,6 +198,8 @@ class StreamScorer:
         if not self.whole:
             self.window, self.hop = self._window_hop(float(window), float(hop or window))
         self.stream = self.framing.batch_stream(0, device)
+        if chain.causal_stages:  # applied to each stream's vectors as they arrive, before anything else sees them
+            self.stream = CausalFront(self.stream, chain.causal_stages)
         self._states: list[_StreamState] = []
         for mid in machine_ids or [None] * n_streams:
             self.add_stream(mid)
@@ -415,6 +437,47 @@ class StreamScorer:
                                  transformed=False)
 
 
+class CausalFront:
+    """A feature stream followed by causal stages, seen by `StreamScorer` as the feature stream: every stream's new
+    vectors go through each causal stage with that stream's carried state (all streams in one batched call per
+    stage), so a stream's vectors are what the offline pass over its audio since the last reset gives."""
+
+    def __init__(self, stream: Any, stages: Sequence["Stage"]) -> None:
+        self.stream, self.stages = stream, list(stages)
+        self._carried: list[list[Any]] = []
+
+    @property
+    def device(self) -> torch.device:
+        return self.stream.device
+
+    def add_stream(self) -> int:
+        self._carried.append([None] * len(self.stages))
+        return self.stream.add_stream()
+
+    def reset(self, index: int) -> None:
+        self.stream.reset(index)
+        self._carried[index] = [None] * len(self.stages)
+
+    def accept(self, chunks: Sequence[Any]) -> list[torch.Tensor]:
+        return self._apply(self.stream.accept(chunks))
+
+    def flush(self) -> list[torch.Tensor]:
+        out = self._apply(self.stream.flush())
+        self._carried = [[None] * len(self.stages) for _ in self._carried]
+        return out
+
+    def _apply(self, vectors: list[torch.Tensor]) -> list[torch.Tensor]:
+        live = [i for i, v in enumerate(vectors) if v.shape[0]]
+        if not live:
+            return vectors
+        out = list(vectors)
+        for k, stage in enumerate(self.stages):
+            done, carried = stage.stream_transform([out[i] for i in live], [self._carried[i][k] for i in live])
+            for i, v, c in zip(live, done, carried):
+                out[i], self._carried[i][k] = v, c
+        return out
+
+
 # -- ensembles ------------------------------------------------------------------------------------------------------
 
 
@@ -429,6 +492,9 @@ class MemberGroup:
     def __init__(self, ensemble: Detector, chains: Sequence[Chain], positions: Sequence[int]) -> None:
         self.detector = ensemble  # what StreamScorer checks machine ids against (members are checked by the bundle)
         self.chains, self.positions = list(chains), list(positions)
+        if any(c.causal_stages for c in self.chains):
+            raise ValueError("an ensemble member with a causal stage (lstm_denoiser) cannot be streamed yet: make "
+                             "the denoised detector a bundle of its own")
 
     @property
     def additive(self) -> bool:

@@ -22,6 +22,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("offline.train", "train a detector on normal clips and write a bundle"),
     "evaluate": ("offline.evaluate", "AUC/pAUC, confusion matrices, DCASE CSVs and plots for one or more bundles"),
     "score": ("offline.score", "score wav files with a bundle (one JSON line per file)"),
+    "denoise": ("offline.denoise", "denoise mel .npy or .wav files with an lstm_denoiser bundle (+ PNG)"),
     "models": ("offline.models_cmd", "list the registered detectors"),
 }
 

@@ -56,6 +56,9 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threshold", metavar="SPEC", help="gamma (default), gamma:Q, percentile:P or fixed:V")
     parser.add_argument("--seed", type=int, help="random seed (default 0)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    parser.add_argument("--noise", type=Path, metavar="WAV",
+                        help="noise models: a recording of the site's background, mixed into the clean clips of "
+                             "--data at the config's pairs.snrs (default: the synthetic factory background)")
     parser.add_argument("--nproc", type=int, default=1, metavar="N",
                         help="train data-parallel in N processes on this machine (torchrun; one per GPU, or CPU "
                              "processes on gloo); default 1")
@@ -121,6 +124,12 @@ def run(args: argparse.Namespace) -> int:
             logging.getLogger().setLevel(logging.WARNING)  # one process reports
     config = _apply_flags(load_config(args.config), args)
     progress = False if args.no_progress else None
+    from models.detectors import get_detector
+
+    if get_detector(args.model).bundle_kind != "detector":
+        return train_noise(args, config, progress)
+    if args.noise is not None:
+        raise ValueError("--noise is for the noise models (lstm_classifier, lstm_denoiser)")
     if is_vector_file(args.data):
         out = train_vectors(args.data, args.model, args.machine or "vectors", args.out, config, ids=args.ids,
                             device=args.device, progress=progress, epochs=args.epochs)
@@ -144,6 +153,48 @@ def run(args: argparse.Namespace) -> int:
         f"{summary['n_fit_clips']} clips fitted, threshold {bundle.threshold:.6g} ({bundle.threshold_method} on "
         f"{summary['threshold_scores']} scores)"
     )
+    return 0
+
+
+def train_noise(args: argparse.Namespace, config: dict[str, Any], progress: bool | None) -> int:
+    """A noise model from paired audio: a seed-layout pairs folder, or the normal training clips of --machine in a
+    dataset mixed with --noise (or the synthetic factory background) at the config's `pairs.snrs`."""
+    from models.bundle import load_bundle
+    from models.training.noise import train_noise_bundle
+    from models.training.recipe import build_spec
+    from offline.datasets.pairs import is_pair_folder, mix_pairs, pair_settings, read_pair_folder
+
+    if args.nproc > 1:
+        raise ValueError("noise models train in one process (--nproc 1)")
+    settings = pair_settings(config)
+    detector_config = {k: v for k, v in config.items() if k != "pairs"}
+    sample_rate = build_spec(args.model, detector_config).feature.sample_rate
+    noise = args.noise or (Path(settings["noise"]) if settings["noise"] else None)
+    if is_pair_folder(args.data):
+        if noise is not None:
+            raise ValueError(f"{args.data} holds ready pairs; --noise (or pairs.noise) mixes clean clips instead")
+        train, val = read_pair_folder(args.data, sample_rate)
+        source = {"pairs": "folder"}
+    else:
+        from models.training.recipe import select_training_clips
+        from offline.datasets.index import load_clips
+
+        if not args.machine:
+            raise ValueError("--machine is required to take clean clips from a dataset (or give a pairs folder "
+                             "with train/{noisy,clean}/)")
+        clips = select_training_clips(load_clips(args.data, machine=args.machine, lenient=False), args.machine,
+                                      args.ids)
+        train, val = mix_pairs(clips, noise, settings["snrs"], settings["val_fraction"], sample_rate,
+                               int(config.get("seed", 0)))
+        source = {"pairs": "mixed", "noise": str(noise) if noise else "synthetic factory background",
+                  "snrs": settings["snrs"], "val_fraction": settings["val_fraction"]}
+    out = train_noise_bundle(args.model, train, val, args.out, detector_config, machine=args.machine or "any",
+                             data_source=str(args.data), device=args.device, progress=progress, epochs=args.epochs,
+                             extra_summary=source)
+    bundle = load_bundle(out, device="cpu")
+    val_metrics = bundle.meta["training"]["validation"]
+    shown = ", ".join(f"{k} {v:.4g}" for k, v in val_metrics.items() if k != "n_pairs") or "no validation pairs"
+    print(f"wrote {out}: {bundle.name} ({bundle.kind}) on {len(train)} pairs; validation ({len(val)} pairs): {shown}")
     return 0
 
 

@@ -13,9 +13,15 @@ from models.registry import import_submodules
 import_submodules(__name__, __path__, skip=lambda name: name == "base")
 
 
+def registered(kind: str = "detector") -> list[str]:
+    """Sorted names of the registered systems whose bundles are of `kind`: the anomaly detectors by default (trained
+    on normal clips); `classifier` and `denoiser` are the noise models (trained on noisy/clean pairs)."""
+    return sorted(name for name, cls in REGISTRY.items() if cls.bundle_kind == kind)
+
+
 def get_detector(name: str) -> type[Detector]:
     """The class registered as `name`, or a ValueError that lists the known names."""
     return REGISTRY.lookup(name)
 
 
-__all__ = ["REGISTRY", "Detector", "ExampleInput", "NotFittedError", "get_detector", "register"]
+__all__ = ["REGISTRY", "Detector", "ExampleInput", "NotFittedError", "get_detector", "register", "registered"]

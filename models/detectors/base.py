@@ -19,7 +19,7 @@ from models.registry import HyperParams, Registry
 
 _STD_FLOOR = 1e-6  # a constant input dimension gets scale 1 instead of a division by ~0
 
-Granularity = Literal["vector", "window"]
+Granularity = Literal["vector", "window", "causal"]  # causal: stages only (the mel denoiser)
 
 
 class NotFittedError(ValueError, AttributeError):

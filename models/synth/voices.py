@@ -555,6 +555,7 @@ class MachineVoice:
         self._gates = {kind: Gate(int(_RAMP_SECONDS * self.sample_rate)) for kind in ANOMALIES[machine]}
         self._machine_level = LEVEL / np.sqrt(1 + 10 ** (-self.snr_db / 10))
         self._background_level = self._machine_level * 10 ** (-self.snr_db / 20)
+        self._pair: list[np.ndarray] | None = None  # collects the machine part while `generate_pair` runs
 
     def generate(self, n_samples: int, anomaly: str | None = None) -> np.ndarray:
         """The next `n_samples` (float32), with fault `anomaly` on (fading in/out over 50 ms when it changes)."""
@@ -569,6 +570,17 @@ class MachineVoice:
             out[start : start + _BLOCK] = self._block(min(_BLOCK, out.size - start), anomaly)
         return out
 
+    def generate_pair(self, n_samples: int, anomaly: str | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """The next `n_samples` as (clean, noisy): the machine alone, and the same samples with the factory
+        background mixed in at `snr_db` (`noisy` is what `generate` returns): paired data for the noise models."""
+        self._pair = []
+        try:
+            noisy = self.generate(n_samples, anomaly)
+            clean = np.concatenate(self._pair) if self._pair else np.empty(0, dtype=np.float32)
+        finally:
+            self._pair = None
+        return clean.astype(np.float32), noisy
+
     def _block(self, n: int, anomaly: str | None) -> np.ndarray:
         gates = {kind: gate.take(n, kind == anomaly) for kind, gate in self._gates.items()}
         machine = self._gain * self._model.render(n, gates, anomaly)
@@ -578,4 +590,14 @@ class MachineVoice:
                 part.idle(n)
             else:
                 machine = machine + g * part.render(n)
-        return self._machine_level * machine + self._background_level * self._background.render(n)
+        machine = self._machine_level * machine
+        if self._pair is not None:
+            self._pair.append(machine)
+        return machine + self._background_level * self._background.render(n)
+
+
+def factory_background(n_samples: int, sample_rate: int = 16000, key: int = 0) -> np.ndarray:
+    """`n_samples` of the generator's factory background alone (unit RMS; `key` picks the factory): the noise
+    that noise-model training mixes into clean recordings when the user has no recording of their own site."""
+    return _Background((int(key), _CHARACTER), (int(key), _REALISATION), int(sample_rate)).render(int(n_samples)).astype(
+        np.float32)

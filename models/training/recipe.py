@@ -37,7 +37,7 @@ _LOAD_GROUP = 64  # clips read and featurised together: bounds the raw audio hel
 
 # the keys of configs/<model>.yaml
 CONFIG_KEYS = {"model", "feature", "params", "stages", "holdout", "threshold", "per_id_thresholds", "seed",
-               "window_seconds", "hop_seconds"}
+               "window_seconds", "hop_seconds", "pairs"}  # pairs: the noise models' training pairs (offline.train)
 DEFAULTS: dict[str, Any] = {"holdout": 0.1, "threshold": "gamma", "per_id_thresholds": True, "seed": 0,
                             "window_seconds": DEFAULT_WINDOW_SECONDS, "hop_seconds": DEFAULT_HOP_SECONDS}
 
@@ -101,6 +101,8 @@ def build_spec(
         raise ValueError(f"the config is for model {config['model']!r}, but model {model_name!r} was requested")
     settings = {**DEFAULTS, **{k: v for k, v in config.items() if k in DEFAULTS}}
     cls = get_detector(model_name)
+    if "pairs" in config and cls.bundle_kind == "detector":
+        raise ValueError(f"'pairs' configures the noise models' training pairs; {model_name} trains on normal clips")
     default = {"kind": "logmel", **cls.default_feature}
     given = {**(config.get("feature") or {}), **(feature_overrides or {})}
     # the model's default settings apply to its default kind only; another kind starts from its own defaults
@@ -122,6 +124,7 @@ def build_spec(
             raise ValueError(f"stages[{i}]: expected a stage name or {{name: ..., params: {{...}}}}, got {entry!r}")
         scls = get_stage(name)
         stages.append(scls.from_params(_with_shared(sparams, shared, scls.param_names())))
+        stages[-1].check_feature(feature)
     holdout = float(settings["holdout"])
     if not 0.0 <= holdout < 1.0:
         raise ValueError(f"holdout must be in [0, 1), got {holdout}")
@@ -293,6 +296,9 @@ def train_bundle(
     """
     from models.device import describe, select_device
 
+    if get_detector(model_name).bundle_kind != "detector":
+        raise ValueError(f"{model_name} is a noise model ({get_detector(model_name).bundle_kind}): it trains on "
+                         "paired noisy/clean audio, not on normal clips (models.training.noise)")
     if get_detector(model_name).combines_members:
         from models.training.ensemble import train_ensemble
 

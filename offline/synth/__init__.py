@@ -107,6 +107,12 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--sample-rate", type=int, default=16000, help="sample rate in Hz (default 16000)")
     parser.add_argument("--workers", type=int, default=1, help="processes rendering clips (default 1)")
     parser.add_argument("--overwrite", action="store_true", help="replace wav files already in OUT/<machine>")
+    parser.add_argument("--pairs", action="store_true",
+                        help="write clean/noisy pairs for the noise models instead, in the seed's layout "
+                             "OUT/{train,val}/{clean,noisy}/<machine>_id_XX/ (--train-clips and --test-clips "
+                             "recordings per id, each at every --pair-snrs)")
+    parser.add_argument("--pair-snrs", default="6,0,-6", metavar="DB,DB,...",
+                        help="SNRs of the noisy side of each pair, in dB (default 6,0,-6, MIMII's)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -114,6 +120,19 @@ def run(args: argparse.Namespace) -> int:
 
     machines = [m for m in args.machines.split(",") if m.strip()]
     t0 = time.perf_counter()
+    if args.pairs:
+        from offline.synth.dataset import synthesize_pairs
+
+        try:
+            snrs = [float(s) for s in args.pair_snrs.split(",") if s.strip()]
+        except ValueError:
+            raise ValueError(f"--pair-snrs: expected comma-separated dB values, got {args.pair_snrs!r}") from None
+        out = synthesize_pairs(args.out, machines, ids=args.ids, train_clips=args.train_clips,
+                               val_clips=args.test_clips, snrs=snrs, seed=args.seed, duration=args.duration,
+                               sample_rate=args.sample_rate, overwrite=args.overwrite)
+        n = (args.train_clips + args.test_clips) * args.ids * len(machines) * len(snrs)
+        print(f"wrote {n} clean/noisy pairs to {out} in {time.perf_counter() - t0:.1f} s")
+        return 0
     out = synthesize(args.out, machines, ids=args.ids, train_clips=args.train_clips, test_clips=args.test_clips,
                      snr_db=args.snr, seed=args.seed, duration=args.duration, sample_rate=args.sample_rate,
                      workers=args.workers, overwrite=args.overwrite)

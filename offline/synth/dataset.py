@@ -208,3 +208,48 @@ def _write_manifest(out: Path, names: list[str], ids: int, jobs: list[ClipJob], 
         "anomaly_kinds": {job.relpath: job.anomaly for job in jobs if job.anomaly},
     }
     (out / "synth.json").write_text(json.dumps(doc, indent=1, sort_keys=True) + "\n")
+
+
+def synthesize_pairs(out: Path, machines: Sequence[str], *, ids: int = 2, train_clips: int = 10,
+                     val_clips: int = 4, snrs: Sequence[float] = (6.0, 0.0, -6.0), seed: int = 0,
+                     duration: float = 10.0, sample_rate: int = 16000, overwrite: bool = False) -> Path:
+    """Paired clean/noisy clips in the seed's layout, `OUT/{train,val}/{clean,noisy}/<machine>_id_XX/NNNN_<snr>dB.wav`:
+    the machine alone and the same samples with its factory background at each SNR (`MachineVoice.generate_pair`).
+    Validation clips are other recordings (instances) than training ones. Each pair is scaled by one gain that puts
+    the noisy clip at the generator's nominal level, so both files of a pair keep their true ratio."""
+    out = Path(out)
+    names = resolve_machines(machines)
+    old = sorted(out.glob("*/*/*/*.wav"))
+    if old and not overwrite:
+        raise ValueError(f"{out} already holds {len(old)} wav files; pass --overwrite to replace them")
+    for path in old:
+        path.unlink()
+    n = int(round(duration * sample_rate))
+    dither = np.random.default_rng(seed)
+    count = 0
+    for split, n_clips, first in (("train", train_clips, 0), ("val", val_clips, 10_000)):
+        for machine in names:
+            for mid in machine_ids(ids):
+                folder = f"{machine}_id_{mid:02d}"
+                for side in ("clean", "noisy"):
+                    (out / split / side / folder).mkdir(parents=True, exist_ok=True)
+                for k in range(n_clips):
+                    for snr in snrs:
+                        voice = MachineVoice(machine, mid, sample_rate, seed, float(snr), instance=first + k)
+                        clean, noisy = voice.generate_pair(n)
+                        gain = 10 ** (LEVEL_DBFS / 20) / max(float(np.sqrt(np.mean(noisy.astype(np.float64) ** 2))),
+                                                             1e-12)
+                        gain = min(gain, _PEAK_LIMIT / max(float(np.abs(noisy).max()), float(np.abs(clean).max())))
+                        name = f"{k:04d}_{snr:g}dB.wav"
+                        for side, x in (("clean", clean), ("noisy", noisy)):
+                            sf.write(out / split / side / folder / name, _dithered_int16(x * gain, dither),
+                                     sample_rate, subtype="PCM_16", format="WAV")
+                        count += 1
+    log.info("wrote %d clean/noisy pairs to %s", count, out)
+    return out
+
+
+def _dithered_int16(x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """int16 with triangular dither of one step, as a recorder writes: the machine alone is digitally silent between
+    valve strokes, and a log-mel of exact zeros (-156 dB) is a floor no microphone has."""
+    return np.clip(np.round(x * 32767 + rng.triangular(-1.0, 0.0, 1.0, x.shape)), -32768, 32767).astype(np.int16)

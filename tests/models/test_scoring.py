@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from models.bundle import Bundle, BundleError, load_bundle
-from models.detectors import REGISTRY
+from models.detectors import REGISTRY, registered
 from models.scoring import StreamScorer
 from models.training.recipe import build_spec, fit_bundle
 from tests import plugins
@@ -37,7 +37,7 @@ def _own_feature(name: str) -> dict:
 
 
 # (detector, feature, stages): every detector on log-mel (or its own kind), plus the stage and feature seams
-CASES = [(name, _own_feature(name), []) for name in sorted(REGISTRY) + [c.name for c in plugins.DETECTORS]]
+CASES = [(name, _own_feature(name), []) for name in registered() + [c.name for c in plugins.DETECTORS]]
 CASES += [
     ("dcase_ae", FEATURE, [{"name": "pca", "params": {"n_components": 0.99}}]),
     ("dcase_ae", FEATURE, ["test_window_centre"]),
