@@ -87,6 +87,18 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     if args.batch_size <= 0:
         raise ValueError(f"--batch-size must be positive, got {args.batch_size}")
+    loaded = _load_bundles(args.bundles, args.device)
+    noise = [b.kind != "detector" for _, _, b in loaded]
+    if any(noise):
+        if not all(noise):
+            raise ValueError("noise models (classifier, denoiser) and detectors are evaluated on different data: "
+                             "give them in separate calls")
+        from offline.evaluate_noise import evaluate_noise, summary_table
+
+        doc = evaluate_noise(args.data, loaded, args.out, split=args.split)
+        print(summary_table(doc["noise_models"]))
+        print(f"report: {args.out}")
+        return 0
     results = evaluate(
         args.data, args.bundles, args.out, split=args.split, device=args.device, batch_size=args.batch_size,
         chance_seed=args.chance_seed, plots=not args.no_plots,
