@@ -35,7 +35,7 @@ def bundles(pairs: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, 
     for model in ("lstm_classifier", "lstm_denoiser"):
         out[model] = root / model
         assert main(["train", "--data", str(pairs), "--model", model, "--config",
-                     str(REPO / "configs" / f"{model}_quick.yaml"), "--out", str(out[model]), "--epochs", "2",
+                     str(REPO / "configs" / "variants" / f"{model}_quick.yaml"), "--out", str(out[model]), "--epochs", "2",
                      *FAST]) == 0
     return out
 
@@ -130,7 +130,7 @@ def test_training_from_recordings_plus_a_noise_recording(tmp_path: Path) -> None
     sf.write(tmp_path / "site.wav", noise, 16000)
     out = tmp_path / "den"
     assert main(["train", "--data", str(data), "--machine", "fan", "--model", "lstm_denoiser", "--config",
-                 str(REPO / "configs" / "lstm_denoiser_quick.yaml"), "--noise", str(tmp_path / "site.wav"),
+                 str(REPO / "configs" / "variants" / "lstm_denoiser_quick.yaml"), "--noise", str(tmp_path / "site.wav"),
                  "--out", str(out), "--epochs", "1", *FAST]) == 0
     t = load_bundle(out, device="cpu").meta["training"]
     assert t["pairs"] == "mixed" and t["noise"].endswith("site.wav")
@@ -184,3 +184,22 @@ def test_a_detector_trains_and_scores_behind_the_denoiser(bundles: dict[str, Pat
     capsys.readouterr()
     assert main(["score", "--bundle", str(out), *map(str, sorted((data / "fan" / "test").glob("*.wav"))[:2])]) == 0
     assert all(np.isfinite(r["score"]) for r in _lines(capsys))
+
+
+def test_variant_configs_build(bundles: dict[str, Path]) -> None:
+    """configs/variants/: the quick noise-model settings, and the AE behind a denoiser (its bundle path is the
+    user's; here the one trained above, whose log-mel the variant must match)."""
+    from models.training.recipe import build_spec
+
+    folder = REPO / "configs" / "variants"
+    for name in ("lstm_classifier", "lstm_denoiser"):
+        config = yaml.safe_load((folder / f"{name}_quick.yaml").read_text())
+        config.pop("pairs")
+        assert build_spec(name, config).detector.get_params()["epochs"] < REPO_DEFAULT_EPOCHS[name]
+    config = yaml.safe_load((folder / "dcase_ae_denoised.yaml").read_text())
+    config["stages"][0]["params"]["bundle"] = str(bundles["lstm_denoiser"])
+    spec = build_spec("dcase_ae", config)
+    assert [s.name for s in spec.stages] == ["lstm_denoiser"] and spec.feature.n_mels == 80
+
+
+REPO_DEFAULT_EPOCHS = {"lstm_classifier": 50, "lstm_denoiser": 10}

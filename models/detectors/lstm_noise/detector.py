@@ -52,7 +52,7 @@ class _LstmNoiseModel(Detector):
     n_out: ClassVar[int | None] = None  # the read-out size (None: one clean frame, the input's dim)
 
     def __init__(self, hidden: int = 128, layers: int = 1, seq_frames: int = 64, epochs: int = 10,
-                 batch_size: int = 64, lr: float = 1e-3, seed: int = 0, device: str = "auto",
+                 batch_size: int = 32, lr: float = 1e-3, seed: int = 0, device: str = "auto",
                  progress: bool = True) -> None:
         self.hidden, self.layers, self.seq_frames = hidden, layers, seq_frames
         self.epochs, self.batch_size, self.lr = epochs, batch_size, lr
