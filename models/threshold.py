@@ -89,6 +89,52 @@ def _gamma(arr: np.ndarray, q: float) -> tuple[float, dict[str, Any]]:
     return thr, info
 
 
+def calibration(scores: Sequence[float] | np.ndarray, threshold: float, quantile: float | None,
+                level: float = 0.95) -> dict[str, Any]:
+    """How sure a threshold is, from the `n` normal scores it was set on (held-out or cross-fitted, which the model
+    did not see): exact, distribution-free intervals, because a bootstrap of 5 scores has 126 distinct resamples and
+    can never reach above the largest score.
+
+    - `false_alarm_rate`: the share of the scores above the threshold, with its Clopper-Pearson interval: where the
+      rate at which normal sound crosses the threshold lies (slightly optimistic when the threshold was fitted to
+      these same scores, as the gamma rule is).
+    - `quantile_interval`: for a threshold that estimates the `quantile` of normal scores (gamma's q, a percentile),
+      the order-statistic interval [s_(r), s_(t)] holding that quantile with probability >= `level`; a bound that
+      needs more scores than there are is None (with 5 scores nothing bounds the 0.9 quantile from above).
+    """
+    import scipy.stats
+
+    arr = np.sort(_as_scores(scores))
+    n = int(arr.size)
+    k = int(np.sum(arr > threshold))
+    a = (1.0 - level) / 2
+    lo = 0.0 if k == 0 else float(scipy.stats.beta.ppf(a, k, n - k + 1))
+    hi = 1.0 if k == n else float(scipy.stats.beta.ppf(1 - a, k + 1, n - k))
+    out: dict[str, Any] = {"n_scores": n, "level": level, "exceedances": k,
+                           "false_alarm_rate": k / n, "false_alarm_rate_interval": [lo, hi]}
+    if quantile is not None:
+        out["quantile"] = float(quantile)
+        out["quantile_interval"] = list(_quantile_interval(arr, float(quantile), level))
+    return out
+
+
+def _quantile_interval(sorted_scores: np.ndarray, q: float, level: float) -> tuple[float | None, float | None]:
+    """Order statistics (1-based r < t) with P(s_(r) <= x_q < s_(t)) >= level, as even in the tails as the binomial
+    allows; None where the bound would need an order statistic beyond the data."""
+    import scipy.stats
+
+    n = sorted_scores.size
+    a = (1.0 - level) / 2
+    # P(x_q < s_(r)) = P(B < r) with B ~ Bin(n, q) the count of scores below x_q: r is the largest with P(B < r) <= a
+    r = int(scipy.stats.binom.ppf(a, n, q))
+    if scipy.stats.binom.cdf(r - 1, n, q) > a:
+        r -= 1
+    t = int(scipy.stats.binom.ppf(1 - a, n, q)) + 1  # P(B >= t) <= a
+    lower = float(sorted_scores[r - 1]) if r >= 1 else None
+    upper = float(sorted_scores[t - 1]) if t <= n else None
+    return lower, upper
+
+
 def parse_threshold_spec(spec: str) -> dict[str, Any]:
     """`gamma`, `gamma:Q`, `percentile:P` or `fixed:V` (the `--threshold` syntax) -> `fit_threshold` keywords."""
     method, _, arg = spec.strip().partition(":")

@@ -27,7 +27,7 @@ from models.detectors import Detector, get_detector
 from models.features import FeatureConfig, feature_from_dict
 from models.scoring import Chain
 from models.stages import Stage, get_stage
-from models.threshold import MIN_GAMMA_SCORES, TRAIN_PERCENTILES, fit_threshold, parse_threshold_spec
+from models.threshold import MIN_GAMMA_SCORES, TRAIN_PERCENTILES, calibration, fit_threshold, parse_threshold_spec
 from models.training import distributed
 from models.training.loop import make_progress
 
@@ -384,6 +384,7 @@ def fit_bundle(
         log.warning("%d %s scores are too few for a gamma fit: the threshold is the highest of them; expect false "
                     "alarms until the model is retrained on more normal clips", len(scores), source)
     threshold, info = fit_threshold(scores, **threshold_spec)
+    info["calibration"] = {**calibration(scores, threshold, _nominal_quantile(threshold_spec)), "scores": source}
     per_id = _per_id_thresholds(scores, scored_ids, spec) if spec.per_id_thresholds else {}
 
     history = getattr(spec.detector, "history_", None) or []
@@ -419,6 +420,15 @@ def fit_bundle(
     log.info("%s/%s: threshold %.6g (%s%s), bundle %s", spec.detector.name, machine, threshold, info["method"],
              f", {len(per_id)} per id" if per_id else "", path)
     return path
+
+
+def _nominal_quantile(spec: dict[str, Any]) -> float | None:
+    """The quantile of normal scores a threshold rule estimates (None for a fixed value)."""
+    if spec["method"] == "gamma":
+        return float(spec.get("q", 0.9))
+    if spec["method"] == "percentile":
+        return float(spec["percentile"]) / 100.0
+    return None
 
 
 def _per_id_thresholds(scores: np.ndarray, ids: Sequence[str] | None, spec: ModelSpec) -> dict[str, float]:

@@ -63,3 +63,15 @@ def test_the_bundle_records_cross_fitted_scores_and_two_clips_fall_back_to_their
     b = load_bundle(path, device="cpu")
     assert b.meta["training"]["threshold_scores"] == "cross-fitted"
     assert b.threshold_method == "percentile" and b.threshold == pytest.approx(float(oof.max()))
+
+
+def test_five_clips_give_a_threshold_with_its_uncertainty_in_the_bundle(tmp_path) -> None:
+    feats = clips(5)
+    oof = cross_fitted_scores(spec, feats, None, seed=0)
+    b = load_bundle(fit_bundle(tmp_path / "b", spec(), feats, None, machine="fan", cross_fitted=oof), device="cpu")
+    cal = b.meta["threshold"]["info"]["calibration"]
+    assert cal["scores"] == "cross-fitted" and cal["n_scores"] == 5 and cal["quantile"] == 0.9
+    assert cal["exceedances"] == int(np.sum(oof > b.threshold))
+    lo, hi = cal["false_alarm_rate_interval"]
+    assert 0.0 <= lo <= cal["false_alarm_rate"] <= hi <= 1.0 and hi > 0.4  # five scores cannot say much
+    assert cal["quantile_interval"][1] is None

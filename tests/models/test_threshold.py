@@ -83,3 +83,30 @@ def test_parse_threshold_spec(spec: str, expected: dict) -> None:
 def test_parse_threshold_spec_rejects_garbage(spec: str) -> None:
     with pytest.raises(ValueError, match="bad threshold spec"):
         parse_threshold_spec(spec)
+
+
+def test_calibration_counts_exceedances_with_exact_intervals() -> None:
+    import scipy.stats
+
+    from models.threshold import calibration
+
+    scores = np.arange(1.0, 11.0)  # 10 scores, 2 above 8.5
+    c = calibration(scores, 8.5, 0.9)
+    assert (c["n_scores"], c["exceedances"], c["false_alarm_rate"]) == (10, 2, 0.2)
+    lo, hi = c["false_alarm_rate_interval"]
+    assert lo == pytest.approx(scipy.stats.beta.ppf(0.025, 2, 9)) and hi == pytest.approx(scipy.stats.beta.ppf(0.975, 3, 8))
+    assert c["quantile_interval"][1] is None  # 10 scores cannot bound the 0.9 quantile from above
+    assert calibration(scores, 100.0, None)["false_alarm_rate_interval"][0] == 0.0
+    assert "quantile" not in calibration(scores, 100.0, None)
+
+
+def test_the_quantile_interval_covers_the_true_quantile() -> None:
+    import scipy.stats
+
+    from models.threshold import calibration
+
+    rng = np.random.default_rng(3)
+    true = scipy.stats.gamma.ppf(0.9, 3)
+    hits = [calibration(x, 0.0, 0.9)["quantile_interval"] for x in rng.gamma(3, 1, size=(400, 100))]
+    covered = np.mean([lo <= true < hi for lo, hi in hits])
+    assert 0.93 <= covered <= 0.995
