@@ -60,6 +60,7 @@ class MachineScores:
     bundle_path: Path | None = None
     per_id: dict[str, float] = field(default_factory=dict)  # the bundle's per-id thresholds
     train_p95: float | None = None  # 95th percentile of the bundle's training scores (the MIMII study's rule)
+    calibration: dict[str, Any] | None = None  # how sure the bundle's threshold is (`models.threshold.calibration`)
 
     def thresholds(self) -> np.ndarray:
         """The decision threshold of each clip: its id's own, else the bundle's."""
@@ -254,6 +255,10 @@ def machine_metrics(ms: MachineScores) -> dict[str, Any]:
     conf = _confusion(ms)
     if conf is not None:
         out["confusion"] = conf.to_dict()
+    if ms.calibration is not None:
+        # what the bundle expected of its threshold, beside what the test normals show
+        out["threshold_calibration"] = {**ms.calibration, "test_false_alarm_rate": (
+            None if conf is None or conf.tn + conf.fp == 0 else conf.fp / (conf.tn + conf.fp))}
     p95 = _confusion(ms, train_p95=True)
     if p95 is not None:
         out["confusion_train_p95"] = p95.to_dict()
@@ -304,7 +309,8 @@ def evaluate(
         for (label, path, b), s in zip(mbundles, scores):
             p95 = b.meta.get("training", {}).get("train_score_percentiles", {}).get(str(STUDY_PERCENTILE))
             runs[label][machine] = MachineScores(mclips, s, float(b.threshold), path, dict(b.per_id_thresholds),
-                                                 None if p95 is None else float(p95))
+                                                 None if p95 is None else float(p95),
+                                                 b.meta["threshold"].get("info", {}).get("calibration"))
         runs["chance"][machine] = MachineScores(mclips, chance_scores(machine, len(mclips), chance_seed))
         runs["rms_level"][machine] = MachineScores(mclips, levels)
 

@@ -260,14 +260,36 @@ def _markdown_table(header: list[str], rows: list[list[str]]) -> list[str]:
             *["| " + " | ".join(r) + " |" for r in rows]]
 
 
+def calibration_rows(results: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
+    """Header and rows of the threshold table: per bundle and machine type, the false-alarm rate its threshold was
+    expected to have (with its interval, from the normal scores it was set on) and the rate on the test normals."""
+    header = ["model", "machine", "threshold", "set on", "expected false alarms [95 % CI]", "test false alarms"]
+    rows: list[list[str]] = []
+    for name, model in results["models"].items():
+        for machine, entry in model["machines"].items():
+            cal = entry.get("threshold_calibration")
+            if cal is None:
+                continue
+            lo, hi = cal["false_alarm_rate_interval"]
+            test = cal.get("test_false_alarm_rate")
+            rows.append([name, machine, f"{entry['threshold']:.4g}", f"{cal['n_scores']} {cal.get('scores', '')}",
+                         f"{cal['false_alarm_rate']:.0%} [{lo:.0%}, {hi:.0%}]", "-" if test is None else f"{test:.0%}"])
+    return header, rows
+
+
 def summary_markdown(results: dict[str, Any], note: str = "") -> str:
-    """The table as GitHub markdown (and the per-SNR table when clips carry an SNR), with a legend for the
-    reference rows."""
+    """The table as GitHub markdown (the per-SNR table when clips carry an SNR, the thresholds' calibration when the
+    bundles record it), with a legend for the reference rows."""
     lines = _markdown_table(*summary_rows(results))
     snr_header, snr_table = snr_rows(results)
     if snr_table:
         lines += ["", "AUC per SNR (each the mean over the ids at that SNR):", "",
                   *_markdown_table(snr_header, snr_table)]
+    cal_header, cal_table = calibration_rows(results)
+    if cal_table:
+        lines += ["", "Thresholds: the false-alarm rate expected from the normal scores each was set on (held-out or "
+                  "cross-fitted clips the model did not see; Clopper-Pearson interval), and on the test normals:", "",
+                  *_markdown_table(cal_header, cal_table)]
     legend = (
         "\n`chance`: seeded uniform random scores (its AUC scatters around 0.5 by the luck of the draw). "
         "`rms_level`: the clip's RMS level in dBFS as the score (louder = more anomalous). "

@@ -231,8 +231,17 @@ def test_side_by_side_table(report: dict[str, Any]) -> None:
     header = md.splitlines()[0]
     for col in ("fan AUC", "fan pAUC", "pump AUC", "mean AUC", "beats level"):
         assert col in header
-    table_rows = [line for line in md.splitlines() if line.startswith("| ") and "model" not in line]
+    first_table = md.split("\n\n")[0].splitlines()
+    table_rows = [line for line in first_table if line.startswith("| ") and "model" not in line]
     assert [r.split("|")[1].strip() for r in table_rows] == list(results["models"])
+    # the thresholds' calibration: what each bundle expected of its threshold, beside the test normals
+    assert "expected false alarms [95 % CI]" in md
+    for name in {"dcase_ae", second}:
+        for machine, entry in results["models"][name]["machines"].items():
+            cal = entry["threshold_calibration"]
+            conf = entry["confusion"]
+            assert cal["test_false_alarm_rate"] == conf["fp"] / (conf["fp"] + conf["tn"])
+            assert cal["false_alarm_rate_interval"][0] <= cal["false_alarm_rate"] <= cal["false_alarm_rate_interval"][1]
     for name in results["models"]:
         assert name in report["stdout"]
     header_cells, rows = summary_rows(results)
