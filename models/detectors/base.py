@@ -287,6 +287,19 @@ def crop_starts(n_frames: int, frames: int, hop: int | None = None) -> list[int]
     return starts
 
 
+def crops_of(clips: Sequence[torch.Tensor], frames: int, hop: int | None = None
+             ) -> tuple[list[torch.Tensor], list[int]]:
+    """Every clip's fixed-length crops (`crop_starts`), in clip order, and how many each clip gave: what the crop
+    models score, before `split_scores(per_crop, counts)` averages them back per clip."""
+    crops: list[torch.Tensor] = []
+    counts: list[int] = []
+    for clip in clips:
+        starts = crop_starts(clip.shape[0], frames, hop)
+        crops += [clip[s : s + frames] for s in starts]
+        counts.append(len(starts))
+    return crops, counts
+
+
 def split_scores(per_vector: torch.Tensor, lengths: Iterable[int]) -> np.ndarray:
     """Mean of per-vector scores within each clip: the clip score of a frame-level detector."""
     parts = torch.split(per_vector.double(), list(lengths))

@@ -42,8 +42,9 @@ from models.detectors.base import (
     ExampleInput,
     check_clips,
     check_state,
-    crop_starts,
+    crops_of,
     register,
+    split_scores,
 )
 from models.device import select_device
 from models.features import LogMelConfig
@@ -237,23 +238,24 @@ class AeganAd(Detector):
         self.kept_epoch_ = kept_epoch(self.history_) if self.keep_best else None
         critic = model.discriminator.to(device).eval()
         starts = np.cumsum([0, *lengths])
-        emb = self._embed(critic, [X[starts[i] : starts[i + 1]] for i in range(len(lengths))], device)
+        emb, _ = self._embed(critic, [X[starts[i] : starts[i + 1]] for i in range(len(lengths))], device)
         lw = LedoitWolf().fit(emb.double().numpy())
         self.shrinkage_ = float(lw.shrinkage_)
         self._set_fitted(critic, centre, half, torch.from_numpy(lw.location_), torch.from_numpy(lw.precision_),
                          device)
         return self
 
-    def _embed(self, critic: Discriminator, clips: Sequence[torch.Tensor], device: torch.device) -> torch.Tensor:
-        """Discriminator embeddings `[P, C]` (CPU float32) of the scaled clips' patches, clip by clip."""
-        size, hop = int(self.isize), int(self.score_hop)
-        crops = [clip[s : s + size] for clip in clips for s in crop_starts(clip.shape[0], size, hop)]
+    def _embed(self, critic: Discriminator, clips: Sequence[torch.Tensor], device: torch.device
+               ) -> tuple[torch.Tensor, list[int]]:
+        """Discriminator embeddings `[P, C]` (CPU float32) of the scaled clips' patches, clip by clip, and each
+        clip's patch count."""
+        crops, counts = crops_of(clips, int(self.isize), int(self.score_hop))
         out = []
         with torch.no_grad():
             for b in range(0, len(crops), _EMBED_BATCH):
                 x = torch.stack(crops[b : b + _EMBED_BATCH]).to(device)
                 out.append(critic(patches(x))[1].float().cpu())
-        return torch.cat(out)
+        return torch.cat(out), counts
 
     def _set_fitted(self, critic: Discriminator, centre: float, half: float, mean: torch.Tensor,
                     precision: torch.Tensor, device: torch.device) -> None:
@@ -271,10 +273,9 @@ class AeganAd(Detector):
         self._check_fitted()
         checked = check_clips(clips, dim=self.dim_, what=f"{self.name}.score clips")
         scaled = [(c - self.centre_) / self.half_ for c in checked]
-        counts = [len(crop_starts(c.shape[0], int(self.isize), int(self.score_hop))) for c in scaled]
-        d = self._embed(self.critic_, scaled, self.device_).double() - self.mean_
-        dist = ((d @ self.precision_) * d).sum(dim=1)
-        return np.array([float(p.mean()) for p in torch.split(dist, counts)], dtype=np.float64)
+        emb, counts = self._embed(self.critic_, scaled, self.device_)
+        d = emb.double() - self.mean_
+        return split_scores(((d @ self.precision_) * d).sum(dim=1), counts)
 
     @property
     def is_fitted(self) -> bool:

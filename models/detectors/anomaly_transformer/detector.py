@@ -50,8 +50,9 @@ from models.detectors.base import (
     check_clips,
     check_ids,
     check_state,
-    crop_starts,
+    crops_of,
     register,
+    split_scores,
     standardizer,
 )
 from models.device import select_device
@@ -248,19 +249,12 @@ class AnomalyTransformer(Detector):
         self._check_fitted()
         checked = check_clips(clips, dim=self.dim_, what=f"{self.name}.score clips")
         check_ids(ids, len(checked), self)
-        frames = int(self.frames)
-        crops, owner = [], []
-        for i, clip in enumerate(checked):
-            for start in crop_starts(clip.shape[0], frames):
-                crops.append(clip[start : start + frames])
-                owner.append(i)
+        crops, counts = crops_of(checked, int(self.frames))
         per_crop = torch.empty(len(crops), dtype=torch.float64)
         for s in range(0, len(crops), _SCORE_BATCH):
             batch = torch.stack(crops[s : s + _SCORE_BATCH])
             per_crop[s : s + batch.shape[0]] = self.frame_scores(batch).double().mean(dim=1)
-        owners = torch.tensor(owner)
-        sums = torch.zeros(len(checked), dtype=torch.float64).index_add_(0, owners, per_crop)
-        return (sums / torch.bincount(owners, minlength=len(checked)).double()).numpy()
+        return split_scores(per_crop, counts)
 
     @property
     def is_fitted(self) -> bool:

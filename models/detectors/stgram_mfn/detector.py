@@ -32,8 +32,9 @@ from models.detectors.base import (
     check_clips,
     check_ids,
     check_state,
-    crop_starts,
+    crops_of,
     register,
+    split_scores,
 )
 from models.detectors.stgram_mfn.network import MOBILEFACENET_BLOCKS, StgramMFN
 from models.device import select_device
@@ -197,14 +198,9 @@ class StgramMfn(Detector):
         if unknown:
             raise ValueError(f"{self.name}: machine id(s) {unknown} were not among the trained ids {self.classes_}")
         index = {c: k for k, c in enumerate(self.classes_)}
-        frames = int(self.frames)
-        crops, owner, labels = [], [], []
-        for i, (clip, mid) in enumerate(zip(checked, clip_ids)):
-            for start in crop_starts(clip.shape[0], frames):
-                crops.append(clip[start : start + frames])
-                owner.append(i)
-                labels.append(index[mid])
-        y = torch.tensor(labels, dtype=torch.long)
+        crops, counts = crops_of(checked, int(self.frames))
+        y = torch.repeat_interleave(torch.tensor([index[mid] for mid in clip_ids], dtype=torch.long),
+                                    torch.tensor(counts))
         surprise = torch.empty(len(crops), dtype=torch.float64)
         with torch.no_grad():
             for s in range(0, len(crops), _SCORE_BATCH):
@@ -212,9 +208,7 @@ class StgramMfn(Detector):
                 yb = y[s : s + _SCORE_BATCH].to(self.device_)
                 logp = torch.log_softmax(self.net_(x, yb).float(), dim=1)
                 surprise[s : s + len(yb)] = -logp.gather(1, yb[:, None])[:, 0].double().cpu()
-        sums = torch.zeros(len(checked), dtype=torch.float64).index_add_(0, torch.tensor(owner), surprise)
-        counts = torch.bincount(torch.tensor(owner), minlength=len(checked)).double()
-        return (sums / counts).numpy()
+        return split_scores(surprise, counts)
 
     @property
     def is_fitted(self) -> bool:
