@@ -245,7 +245,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     parts = args.parts.split(",")
-    result: dict[str, Any] = {"protocol": __doc__, "settings": vars(args) | {"real_dir": str(args.real_dir)}}
+    settings = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
+    result: dict[str, Any] = {"protocol": __doc__, "settings": settings}
     with tempfile.TemporaryDirectory() as tmp:
         work = args.work or Path(tmp)
         work.mkdir(parents=True, exist_ok=True)
