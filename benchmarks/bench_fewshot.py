@@ -337,14 +337,19 @@ def main(argv: list[str] | None = None) -> int:
         "total_seconds": round(time.perf_counter() - t_start, 1),
     }
     out = write_result(args.name, result, args.out_dir)
-    for level in levels:
-        for name, s in results[level]["summary"].items():
+    print_summary(results)
+    print(f"wrote {out}")
+    return 0
+
+
+def print_summary(levels: dict[str, Any]) -> None:
+    """One line per level and detector: mean AUC, its interval, gain correlation, paired differences."""
+    for level, entry in levels.items():
+        for name, s in entry["summary"].items():
             vs = "  ".join(f"vs {r} {v['diff']:+.3f} [{v['ci95'][0]:+.3f}, {v['ci95'][1]:+.3f}]"
                            for r, v in s["vs"].items())
             print(f"{level:>4} {name:28s} AUC {s['mean_auc']:.3f} [{s['ci95'][0]:.3f}, {s['ci95'][1]:.3f}]  "
                   f"gain r {s['gain_correlation']:+.2f}  {vs}")
-    print(f"wrote {out}")
-    return 0
 
 
 if __name__ == "__main__":

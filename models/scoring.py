@@ -273,8 +273,8 @@ class StreamScorer:
                     vectors = self.feature.reduce([c for _, c in ready])
                     ready = [(i, vectors[k : k + 1]) for k, (i, _) in enumerate(ready)]
             if ready:
-                ids = self._ids([i for i, _ in ready])
-                scores = self.chain.score_windows([c for _, c in ready], ids)
+                scores = self._by_id([i for i, _ in ready],
+                                     lambda pos, ids: self.chain.score_windows([ready[p][1] for p in pos], ids))
                 for (i, _), s in zip(ready, scores):
                     out[i].append((self._states[i].n_in, float(s)))
         for i in range(len(self._states)):
@@ -283,9 +283,23 @@ class StreamScorer:
 
     # -- the three modes --------------------------------------------------------------------------------------------
 
-    def _ids(self, indices: Sequence[int]) -> list[str] | None:
-        ids = [self._states[i].machine_id for i in indices]
-        return None if any(m is None for m in ids) else [str(m) for m in ids]
+    def _by_id(self, streams: Sequence[int], call: Callable[[list[int], list[str] | None], Sequence[Any]]) -> list[Any]:
+        """`call(positions, ids)` over items (windows, or a stream's new vectors) of the streams `streams[p]`: one
+        call with every item's machine id (None when no stream has one), returning one entry per position. When only
+        some streams have an id, those items go in one call with their ids and the others in a second one without
+        (passing None for all, as before, scored streams that have an id as if they had none): a stream's score
+        never depends on which other streams share its batch, which matters for detectors that use an id when given
+        one (`embed_knn`'s per-id banks)."""
+        mids = [self._states[i].machine_id for i in streams]
+        known = [p for p, m in enumerate(mids) if m is not None]
+        if len(known) in (0, len(mids)):
+            return list(call(list(range(len(mids))), [str(m) for m in mids] if known else None))
+        out: list[Any] = [None] * len(mids)
+        unknown = [p for p, m in enumerate(mids) if m is None]
+        for positions, ids in ((known, [str(mids[p]) for p in known]), (unknown, None)):
+            for p, value in zip(positions, call(positions, ids)):
+                out[p] = value
+        return out
 
     def _ends(self, st: _StreamState, n_new: int) -> range:
         """Positions (1-based counts since reset) of the windows that `n_new` more items complete: the first as
@@ -331,16 +345,18 @@ class StreamScorer:
         if not new:
             return out
         order = sorted(new)
-        rows = [n for i in order for n in [self._states[i].machine_id] * new[i].shape[0]]
-        ids = None if any(r is None for r in rows) else [str(r) for r in rows]
-        # every new vector of every stream in one call; each vector is scored exactly once
-        scores = self.chain.score_vectors(torch.cat([new[i] for i in order]), ids).double().cpu().numpy()
-        offset = 0
-        for i in order:
-            k = new[i].shape[0]
-            for e, w in self._slide(self._states[i], scores[offset : offset + k], np.concatenate):
+
+        def call(pos: list[int], ids: list[str] | None) -> list[np.ndarray]:
+            lengths = [new[order[p]].shape[0] for p in pos]
+            rows = None if ids is None else [m for m, n in zip(ids, lengths) for _ in range(n)]
+            scores = self.chain.score_vectors(torch.cat([new[order[p]] for p in pos]), rows).double().cpu().numpy()
+            return np.split(scores, np.cumsum(lengths)[:-1])
+
+        # every new vector of every stream in one call (two when only some streams have a machine id); each vector
+        # is scored exactly once
+        for i, scores in zip(order, self._by_id(order, call)):
+            for e, w in self._slide(self._states[i], scores, np.concatenate):
                 out[i].append((self._end_sample(e), float(w.mean())))
-            offset += k
         return out
 
     def _matrix_windows(self, new: dict[int, torch.Tensor]) -> list[WindowScores]:
@@ -391,8 +407,8 @@ class StreamScorer:
                 ready.append((i, self._end_sample(e), st.stretches.total(e - self.window, e)))
             st.stretches.drop_before((self.window if st.last is None else st.last + self.hop) - self.window)
         if ready:
-            scores = self.chain.score_statistics(torch.stack([s for _, _, s in ready]),
-                                                 self._ids([i for i, _, _ in ready]))
+            scores = self._by_id([i for i, _, _ in ready], lambda pos, ids: self.chain.score_statistics(
+                torch.stack([ready[p][2] for p in pos]), ids))
             for (i, end, _), s in zip(ready, scores):
                 out[i].append((end, float(s)))
         return out
@@ -413,8 +429,8 @@ class StreamScorer:
         out: list[WindowScores] = [[] for _ in self._states]
         if not ready:
             return out
-        ids = self._ids([i for i, _, _ in ready])
-        scores = self.chain.score_windows([w for _, _, w in ready], ids, transformed=transformed)
+        scores = self._by_id([i for i, _, _ in ready], lambda pos, ids: self.chain.score_windows(
+            [ready[p][2] for p in pos], ids, transformed=transformed))
         for (i, end, _), s in zip(ready, scores):
             out[i].append((end, float(s)))
         return out

@@ -118,3 +118,24 @@ def test_one_split_end_to_end_through_train_bundle(real: Path, tmp_path: Path) -
     assert summary["rms_level"]["gain_correlation"] == pytest.approx(1.0)
     assert "rms_level" in summary["iforest"]["vs"]
     assert len(doc["levels"]["2"]["runs"]["iforest"]) == 1 and doc["units"][0]["train_half"] == 2
+
+
+def test_pairing_two_stored_runs_equals_one_run_with_both(real: Path, tmp_path: Path) -> None:
+    """benchmarks/fewshot_pair: the paired summary of two stored runs is what one run with both would write."""
+    from benchmarks import fewshot_pair
+
+    bench, out = _bench(), tmp_path / "results"
+    common = ["--real-dir", str(real), "--splits", "1", "--levels", "half", "--bootstrap", "50", "--epochs", "1",
+              "--out-dir", str(out)]
+    for models, name in (("iforest:none,dcase_ae", "both"), ("iforest:none", "a"), ("dcase_ae", "b")):
+        assert bench.main(["--models", models, "--name", name, *common]) == 0
+    docs = {n: json.loads((out / f"{n}.json").read_text()) for n in ("both", "a", "b")}
+    merged = fewshot_pair.merge(docs["a"], docs["b"], real)
+    assert merged["levels"]["half"]["summary"] == docs["both"]["levels"]["half"]["summary"]
+    assert "dcase_ae" in merged["levels"]["half"]["summary"]["iforest-noae"]["vs"]
+    other = {**docs["b"], "splits": 2}
+    with pytest.raises(ValueError, match="splits"):
+        fewshot_pair.merge(docs["a"], other, real)
+    assert fewshot_pair.main([str(out / "a.json"), str(out / "b.json"), "--name", "ab", "--real-dir", str(real),
+                              "--out-dir", str(out)]) == 0
+    assert json.loads((out / "ab.json").read_text())["sources"] == ["a.json", "b.json"]
