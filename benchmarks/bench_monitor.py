@@ -14,10 +14,19 @@ then the largest real-time N found by doubling and bisection, and the memory per
     python -m benchmarks.bench_monitor --levels 100,400 --no-search --replay-seconds 1 --name monitor_cpu_replay_1s
     python -m benchmarks.bench_monitor --levels 100,400 --no-search --replay-seconds 3600 --name monitor_cpu_replay_1h
                                                              # memory per stream for short (looped) and long files
+    python -m benchmarks.bench_monitor --noise-config configs/lstm_classifier.yaml   # with the noise classifier
+    python -m benchmarks.bench_monitor --noise-bundle DIR    # ... an existing classifier bundle (16 kHz), as it is
 
 `--model M` (with `--config PATH`, default configs/M.yaml) trains the measured bundle with that config on
 `--train-clips` synthetic normal fan clips (`asd-offline synth`, seed 0) instead of the quick DCASE AE; training-set
 size matters for the speed of some detectors (lof and ocsvm score against stored training vectors).
+
+`--noise-config PATH` adds the noise classifier to every level: an `lstm_classifier` (or another `classifier`) trained
+with that config on synthetic fan pairs (`asd-offline synth --pairs`, `--noise-pairs` recordings, seed 0; its speed,
+not its accuracy, is measured), or `--noise-bundle DIR` as it is. The daemon then scores every stream with the
+detector and the classifier, which is the "streams it keeps up with the noise classifier on" figure; the result is
+named `..._noise` and records the classifier's settings under `noise` (and each level the windows that carried a
+noise score). The tick latency stays the detector's (prepare + scoring call); the classifier's call shows in the lag.
 
 Run it on an otherwise idle machine (`uptime`): other load shows up as lag.
 """
@@ -129,6 +138,46 @@ def prepare(work: Path, seconds: float, model: str | None = None, config: dict[s
     return bundle, wavs
 
 
+def train_noise_classifier(work: Path, config: Path, n_pairs: int) -> Path:
+    """A noise classifier trained by `asd-offline train` with `config` on `n_pairs` synthetic 10 s fan recordings
+    (each clean and mixed at the config's SNRs), at the benchmark's sample rate."""
+    from offline.cli import main as offline_main
+
+    pairs = work / "noise_pairs"
+    rc = offline_main(["synth", str(pairs), "--pairs", "--machines", "fan", "--ids", "1", "--train-clips", str(n_pairs),
+                       "--test-clips", "1", "--seed", "0", "--sample-rate", str(SAMPLE_RATE)])
+    if rc != 0:
+        raise RuntimeError(f"asd-offline synth --pairs exited {rc}")
+    out = work / "noise_bundle"
+    rc = offline_main(["train", "--data", str(pairs), "--model", _config_model(config), "--config", str(config),
+                       "--out", str(out), "--device", "cpu"])
+    if rc != 0:
+        raise RuntimeError(f"asd-offline train of the noise classifier exited {rc}")
+    return out
+
+
+def _config_model(config: Path) -> str:
+    from offline.train import load_config
+
+    model = load_config(config).get("model")
+    if not model:
+        raise SystemExit(f"{config}: the config names no model")
+    return str(model)
+
+
+def noise_summary(bundle: Path, config: Path | None) -> dict[str, Any]:
+    """What the measured noise classifier is: model, feature, window and hop, training size."""
+    meta = json.loads((bundle / "bundle.json").read_text())
+    if meta.get("kind") != "classifier":
+        raise SystemExit(f"{bundle}: a {meta.get('kind')} bundle, not a noise classifier")
+    if int(meta.get("sample_rate", 0)) != SAMPLE_RATE:
+        raise SystemExit(f"{bundle}: {meta.get('sample_rate')} Hz; the benchmark's streams are {SAMPLE_RATE} Hz")
+    return {"path": None if config is not None else str(bundle), "config": str(config) if config else None,
+            "model": meta["model"]["name"], "params": meta["model"].get("params"),
+            "feature": meta["feature"], "window_seconds": meta.get("window_seconds"),
+            "hop_seconds": meta.get("hop_seconds"), "n_pairs": meta.get("training", {}).get("n_pairs")}
+
+
 def bundle_summary(bundle: Path, args: argparse.Namespace) -> dict[str, Any]:
     """What was measured, for a bundle other than the default: its model, feature, stages and training set."""
     meta = json.loads((bundle / "bundle.json").read_text())
@@ -178,6 +227,7 @@ class Recorder:
         self.lags: list[float] = []
         self.ticks: list[float] = []
         self.windows = 0
+        self.with_noise = 0  # windows that carried a noise score
         self.dropped = 0
 
     async def start(self) -> None:
@@ -188,6 +238,7 @@ class Recorder:
 
         if isinstance(event, ScoreUpdate) and time.time() >= self.warmup_until:
             self.windows += 1
+            self.with_noise += event.noise is not None
             self.lags.append(event.lag_seconds)
             self.ticks.append(event.inference_seconds)
         elif isinstance(event, CounterEvent) and event.name == "dropped_blocks":
@@ -210,8 +261,9 @@ def peak_rss_mib() -> float:
 
 
 def one_level(n: int, bundle: Path, wavs: list[Path], mqtt: str | None, warmup: float, seconds: float,
-              loop: bool = False) -> dict:
-    """Run the daemon with `n` streams in this process; returns the measurements of the measured period."""
+              loop: bool = False, noise: Path | None = None) -> dict:
+    """Run the daemon with `n` streams in this process (and the noise classifier `noise`, if given); returns the
+    measurements of the measured period."""
     from monitor.config import parse_config
     from monitor.daemon import Daemon
 
@@ -226,6 +278,7 @@ def one_level(n: int, bundle: Path, wavs: list[Path], mqtt: str | None, warmup: 
         "sources": [{"name": f"s{i}", "replay": [str(wavs[i % len(wavs)])], "machine_id": ids[0]} for i in range(n)],
         "pipeline": {"device": "cpu", "block_seconds": 0.25, "queue_blocks": 64},
         "replay": {"speed": 1.0, "duration_seconds": WINDOW_SECONDS + warmup + seconds, "loop": loop},
+        "noise": {"bundle": str(noise) if noise else None},
         "sinks": sinks,
     })
     t0 = time.time()
@@ -235,7 +288,9 @@ def one_level(n: int, bundle: Path, wavs: list[Path], mqtt: str | None, warmup: 
     measured = seconds
     lags, ticks = np.array(recorder.lags or [np.nan]), np.array(recorder.ticks or [np.nan])
     expected = n * (int(measured / HOP_SECONDS) + 1)  # a window at each end of the measured period
+    noise_windows = {"windows_with_noise_score": recorder.with_noise} if noise else {}
     return {
+        **noise_windows,
         "streams": n,
         "measured_seconds": round(measured, 1),
         "windows_scored": recorder.windows,
@@ -249,11 +304,13 @@ def one_level(n: int, bundle: Path, wavs: list[Path], mqtt: str | None, warmup: 
     }
 
 
-def run_level(n: int, args: argparse.Namespace, bundle: Path, wavs: list[Path], mqtt: str | None) -> dict:
+def run_level(n: int, args: argparse.Namespace, bundle: Path, wavs: list[Path], mqtt: str | None,
+              noise: Path | None = None) -> dict:
     """One level in a fresh interpreter, so peak RSS belongs to that level alone."""
     cmd = [sys.executable, "-m", "benchmarks.bench_monitor", "--one-level", str(n), "--bundle", str(bundle), "--wavs", *map(str, wavs),
            "--warmup", str(args.warmup), "--seconds", str(args.seconds)] + (["--mqtt", mqtt] if mqtt else []) + (
-               ["--loop"] if replay_seconds(args) < WINDOW_SECONDS + args.warmup + args.seconds else [])
+               ["--loop"] if replay_seconds(args) < WINDOW_SECONDS + args.warmup + args.seconds else []) + (
+               ["--noise-bundle", str(noise)] if noise else [])
     timeout = WINDOW_SECONDS + args.warmup + args.seconds + 600
     out = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=timeout)
     if out.returncode != 0:
@@ -313,6 +370,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--train-clips", type=int, default=100, help="synthetic normal clips --model is trained on")
     p.add_argument("--bundle", type=Path, help="measure this existing bundle instead of training one")
     p.add_argument("--name", help="result name (default monitor_cpu, monitor_cpu_MODEL with --model/--bundle)")
+    p.add_argument("--noise-config", type=Path, metavar="YAML",
+                   help="also run the noise classifier, trained with this config on synthetic pairs "
+                        "(e.g. configs/lstm_classifier.yaml)")
+    p.add_argument("--noise-bundle", type=Path, metavar="DIR",
+                   help="also run this noise classifier bundle (16 kHz), as it is")
+    p.add_argument("--noise-pairs", type=int, default=20,
+                   help="synthetic recordings --noise-config trains on (each clean and at every SNR)")
     p.add_argument("--replay-seconds", type=float, default=None,
                    help="length of the replayed files (shorter than a level: looped); default: a level's length")
     p.add_argument("--one-level", type=int, help=argparse.SUPPRESS)
@@ -323,8 +387,10 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.one_level is not None:  # the child: one level, JSON on the last line of stdout
         print(json.dumps(one_level(args.one_level, args.bundle, args.wavs, args.mqtt, args.warmup, args.seconds,
-                                   args.loop)))
+                                   args.loop, args.noise_bundle)))
         return 0
+    if args.noise_config is not None and args.noise_bundle is not None:
+        p.error("give --noise-config or --noise-bundle, not both")
 
     model: str | None = None
     config: dict[str, Any] | None = None
@@ -343,12 +409,16 @@ def main(argv: list[str] | None = None) -> int:
         bundle, wavs = prepare(work, replay_seconds(args), model, config,
                                args.train_clips, args.bundle)
         measured = None if model is None and args.bundle is None else bundle_summary(bundle, args)
+        noise = args.noise_bundle.resolve() if args.noise_bundle is not None else None
+        if args.noise_config is not None:
+            noise = train_noise_classifier(work, args.noise_config, args.noise_pairs)
+        noise_measured = None if noise is None else noise_summary(noise, args.noise_config)
         broker, mqtt = start_mosquitto(work)
         try:
             results: dict[int, dict] = {}
 
             def run(n: int) -> dict:
-                return run_level(n, args, bundle, wavs, mqtt)
+                return run_level(n, args, bundle, wavs, mqtt, noise)
 
             for n in [int(x) for x in args.levels.split(",") if x]:
                 results[n] = run(n)
@@ -373,7 +443,10 @@ def main(argv: list[str] | None = None) -> int:
     }
     if measured is not None:  # the default (quick DCASE AE) result keeps its original keys
         result["bundle"] = measured
-    name = args.name or ("monitor_cpu" if measured is None else f"monitor_cpu_{label}")
+    if noise_measured is not None:
+        result["noise"] = noise_measured
+    name = args.name or ("monitor_cpu" if measured is None else f"monitor_cpu_{label}") + (
+        "_noise" if noise_measured is not None else "")
     path = write_result(name, result, args.out)
     print(f"max real-time streams: {best}; memory per stream: {per_stream} MiB -> {path}")
     return 0

@@ -25,6 +25,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--replay", action="append", default=[], metavar="WAV",
                    help="replay a wav file, folder or glob as one source; repeatable")
     p.add_argument("--bundle", metavar="DIR", help="model bundle for sources without their own")
+    p.add_argument("--noise-bundle", metavar="DIR",
+                   help="noise classifier bundle (e.g. lstm_classifier): publish every source's noise score (0..1); "
+                        "`noise.noisy_above` in the config marks a source `noisy` above a level")
     p.add_argument("--config", metavar="YAML", help="configuration file (see configs/monitor.example.yaml)")
     p.add_argument("--mqtt", metavar="URL", help="publish to this broker, mqtt[s]://[user[:pass]@]host[:port]")
     p.add_argument("--prometheus-port", type=int, metavar="N", help="serve Prometheus metrics on this port")
@@ -53,6 +56,8 @@ def apply_args(cfg: MonitorConfig, args: argparse.Namespace) -> MonitorConfig:
         data["node"] = args.node
     if args.bundle:
         data["bundle"] = args.bundle
+    if args.noise_bundle:
+        data["noise"]["bundle"] = args.noise_bundle
     if args.machine_id:
         data["machine_id"] = args.machine_id
     if args.state_dir:

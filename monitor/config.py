@@ -243,6 +243,15 @@ class PipelineConfig(_Strict):
     watchdog_seconds: float = Field(3.0, gt=0, description="a live source silent this long is declared offline")
 
 
+class NoiseConfig(_Strict):
+    """The noise classifier (a `classifier` bundle, e.g. `asd-offline train --model lstm_classifier`): every source's
+    audio is scored by it too, and each score event carries the source's latest noise score (0..1)."""
+
+    bundle: Path | None = Field(None, description="classifier bundle directory (null: no noise score)")
+    noisy_above: float | None = Field(None, ge=0, le=1, description="a source whose noise score is above this is "
+                                      "`noisy` (null: never; the score is still published)")
+
+
 class ReplayConfig(_Strict):
     speed: float = Field(1.0, ge=0, description="1 real time, 4 four times faster, 0 as fast as possible")
     loop: bool = False
@@ -268,6 +277,7 @@ class MonitorConfig(_Strict):
     sources: list[SourceConfig] = Field(default_factory=list)
     pipeline: PipelineConfig = Field(default_factory=PipelineConfig)
     alarms: AlarmPolicy = Field(default_factory=AlarmPolicy)
+    noise: NoiseConfig = Field(default_factory=NoiseConfig)
     replay: ReplayConfig = Field(default_factory=ReplayConfig)
     sinks: SinksConfig = Field(default_factory=SinksConfig)
 
@@ -377,6 +387,8 @@ def _resolve_paths(cfg: MonitorConfig, base: Path) -> MonitorConfig:
     if cfg.bundle is not None:
         cfg.bundle = rel(cfg.bundle) or cfg.bundle
     cfg.state_dir = rel(cfg.state_dir) or cfg.state_dir
+    if cfg.noise.bundle is not None:
+        cfg.noise.bundle = rel(cfg.noise.bundle) or cfg.noise.bundle
     for src in cfg.sources:
         if src.bundle is not None:
             src.bundle = rel(src.bundle) or src.bundle

@@ -115,11 +115,24 @@ class Daemon:
             log.info("bundle %s: %s for %s, threshold %.4g", path, b.name, b.machine, b.threshold)
         return self._bundles[key]
 
+    def _noise_bundle(self) -> "Bundle | None":
+        """The noise classifier (`noise.bundle`, `--noise-bundle`), or None. Unlike a source's own bundle, it
+        failing to load stops the daemon: it was asked for, and its absence would go unnoticed."""
+        from models.bundle import BundleError
+
+        noise = self.cfg.noise
+        if noise.bundle is None:
+            return None
+        try:
+            return self._bundle(noise.bundle)  # the pipeline checks that it is a classifier that can stream
+        except (BundleError, OSError, ValueError) as exc:
+            raise DaemonError(f"cannot load noise bundle {noise.bundle}: {exc}") from None
+
     # -- sinks -------------------------------------------------------------------------------------------------------
 
-    def _build_sinks(self, sources: list[tuple[str, str | None]], model: str) -> list[Sink]:
+    def _build_sinks(self, sources: list[tuple[str, str | None]], model: str, noise: bool = False) -> list[Sink]:
         """The configured sinks for `sources` ((name, model name, None where its bundle failed)); `model` names
-        every bundle in use."""
+        every bundle in use; `noise`: a noise classifier scores the sources."""
         from models.device import describe, select_device
 
         sinks_cfg = self.cfg.sinks
@@ -136,7 +149,7 @@ class Daemon:
             from monitor.sinks.mqtt import MqttSink
 
             sinks.append(MqttSink(sinks_cfg.mqtt, self.cfg.node, sources=[name for name, _ in sources],
-                                  on_counter=self.fanout.publish))
+                                  on_counter=self.fanout.publish, noise=noise))
         if sinks_cfg.jsonl.path is not None:
             from monitor.sinks.jsonl import JsonlSink
 
@@ -145,7 +158,7 @@ class Daemon:
         if self._tui and sinks_cfg.tui.enabled:
             from monitor.sinks.tui import TuiSink
 
-            sinks.append(TuiSink(device=device))
+            sinks.append(TuiSink(device=device, noise=noise))
         if prometheus is not None:  # error counters of every sink exist from the start
             prometheus.expect_sinks(s.name for s in sinks)
         return sinks
@@ -228,8 +241,17 @@ class Daemon:
     async def _run(self) -> int:
         p = self.cfg.pipeline
         _set_torch_threads(p.torch_threads)
-        pipeline = Pipeline(self.fanout.publish, self.cfg.alarms, p)
+        noise = self._noise_bundle()
+        try:
+            pipeline = Pipeline(self.fanout.publish, self.cfg.alarms, p, noise=noise,
+                                noisy_above=self.cfg.noise.noisy_above)
+        except ValueError as exc:  # not a classifier, or its window is shorter than one of its feature vectors
+            raise DaemonError(str(exc)) from None
         entries = self._build_sources()
+        mismatched = {problem for e in entries if e.bundle is not None
+                      for problem in [pipeline.noise_problem(e.bundle, e.source.machine_id)] if problem}
+        if mismatched:  # the classifier was asked for every source: not one it cannot score is left without it
+            raise DaemonError("; ".join(sorted(mismatched)))
         for e in entries:
             if e.problem is None:
                 assert e.bundle is not None
@@ -239,7 +261,7 @@ class Daemon:
                     e.problem = f"bundle {e.bundle.name} cannot score source {e.source.name}: {exc}"
         good = [e for e in entries if e.problem is None]
         sinks = self._build_sinks([(e.source.name, e.bundle.name if e.bundle is not None else None) for e in entries],
-                                  ",".join(pipeline.models))
+                                  ",".join(pipeline.models), noise=noise is not None)
         self.fanout.sinks = sinks
         for sink in sinks:
             await sink.start()

@@ -37,7 +37,11 @@ class AlarmEvent:
 
 @dataclass(frozen=True)
 class ScoreUpdate:
-    """One scored window of one source (many per second in total; sinks rate-limit as they need)."""
+    """One scored window of one source (many per second in total; sinks rate-limit as they need).
+
+    `noise`: the noise classifier's latest score of the source (0..1, the probability that its audio is noisy
+    background rather than the machine), from its newest window ending no later than this one; None without a
+    classifier, or before its first window (after a start or a gap)."""
 
     source: str
     model: str
@@ -48,12 +52,15 @@ class ScoreUpdate:
     alarm_active: bool
     inference_seconds: float = 0.0
     lag_seconds: float = 0.0
+    noise: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
 
-SourceState = Literal["online", "offline", "silent", "clipping", "error", "ended"]
+# `noisy`: audio flows and is scored (alarms go on), but the noise classifier says background noise dominates, so an
+# alarm decision (raised or not) is unreliable; see `monitor.pipeline` for its precedence after silent and clipping.
+SourceState = Literal["online", "offline", "silent", "clipping", "noisy", "error", "ended"]
 
 
 @dataclass(frozen=True)

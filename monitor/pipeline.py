@@ -5,6 +5,18 @@ about features, stages and detectors is behind `Bundle.stream_scorer` (models/sc
 bundle object and window share one scorer, so each tick computes the new features of all of them in one call and
 scores them in one batched call (a vector-level model scores each new vector exactly once).
 
+With a noise classifier (a `classifier` bundle, `noise=`), every source's audio (the same resampled chunks the
+detectors get) also goes through the classifier's stream scorer, all sources in one batched call per round, with
+the classifier's own window and hop. Its stream is reset wherever the detector's is (gaps, rate changes, bad
+input, a failed scoring call). Each score event carries the source's latest noise score: that of the newest
+classifier window ending no later than the scored window (on the same audio clock), None before the first one.
+
+Source states set here, in precedence order: `silent` (level below `silence_dbfs`), then `clipping`, then `noisy`
+(noise score above `noisy_above`, when that policy is set), else `online`. Silent and clipping come first: on
+silent or clipped audio the noise score itself means little, and those two states suppress alarms, while `noisy`
+does not: windows are scored and alarms raised and cleared as usual, and the state says that the decision
+(alarm or no alarm) is unreliable.
+
 The numeric work of a tick runs in a worker thread (`asyncio.to_thread`); the event loop only moves blocks and
 events, so capture callbacks and sinks stay responsive while a tick computes.
 """
@@ -101,6 +113,10 @@ class _Slot:
     level: float = float("-inf")
     clipped: float = 0.0
     ended: bool = False
+    noise_index: int | None = None  # stream index in the noise classifier's scorer (None: no classifier)
+    noise: float | None = None  # the latest noise score (None: no classifier window since the last reset)
+    noise_windows: list[tuple[int, float]] = field(default_factory=list)  # this round's, (end in `fed`, score)
+    noise_offset: int = 0  # `fed` when the classifier's stream alone was last restarted (its ends count from there)
 
 
 @dataclass
@@ -110,6 +126,15 @@ class _Group:
     bundle: "Bundle"
     scorer: "StreamScorer"
     slots: list[_Slot] = field(default_factory=list)
+
+
+@dataclass
+class _Noise:
+    """The noise classifier: one stream per source, fed the same chunks as the detectors."""
+
+    bundle: "Bundle"
+    scorer: "StreamScorer"
+    noisy_above: float | None
 
 
 @dataclass
@@ -132,13 +157,31 @@ class Pipeline:
         policy: AlarmPolicy | None = None,
         settings: PipelineConfig | None = None,
         new_id: Callable[[], str] = uuid_ids,
+        noise: "Bundle | None" = None,
+        noisy_above: float | None = None,
     ) -> None:
+        """`noise`: a `classifier` bundle whose window score is the probability that a source's audio is noisy;
+        `noisy_above`: the level above which a source is `noisy` (None: no such state). A bundle of another kind,
+        or a level without a classifier, is a ValueError."""
         self.emit = emit
         self.policy = policy or AlarmPolicy()
         self.settings = settings or PipelineConfig()
         self.new_id = new_id
         self._groups: dict[tuple[int, float, float], _Group] = {}
         self._slots: dict[str, tuple[_Group, _Slot]] = {}
+        self._noise: _Noise | None = None
+        if noise is not None:
+            if noise.kind != "classifier":
+                raise ValueError(f"noise bundle {noise.path} is a {noise.kind} bundle ({noise.name}), not a noise "
+                                 "classifier: train one with `asd-offline train --model lstm_classifier`")
+            try:
+                scorer = noise.stream_scorer(0, noise.window_seconds, noise.hop_seconds, device=self.settings.device)
+            except ValueError as exc:
+                raise ValueError(f"noise bundle {noise.path}: {exc}") from None
+            self._noise = _Noise(noise, scorer, noisy_above)
+        elif noisy_above is not None:
+            raise ValueError("noise.noisy_above is set but there is no noise classifier: give noise.bundle in the "
+                             "config or --noise-bundle DIR")
         self.wake = asyncio.Event()
 
     # -- set-up ------------------------------------------------------------------------------------------------------
@@ -159,6 +202,9 @@ class Pipeline:
         if source.name in self._slots:
             raise ValueError(f"duplicate source name {source.name!r}")
         bundle.check_stream(source.machine_id)
+        problem = self.noise_problem(bundle, source.machine_id)
+        if problem:
+            raise ValueError(problem)
         window_s = window_seconds or self.settings.window_seconds or bundle.window_seconds
         hop_s = hop_seconds or self.settings.hop_seconds or bundle.hop_seconds
         if hop_s > window_s:
@@ -172,14 +218,37 @@ class Pipeline:
         thr = float(bundle.threshold_for(source.machine_id) if threshold is None else threshold)
         tracker = AlarmTracker(source.name, bundle.name, thr, self.policy, self.new_id)
         slot = _Slot(source, group.scorer.add_stream(source.machine_id), tracker)
+        if self._noise is not None:
+            slot.noise_index = self._noise.scorer.add_stream(source.machine_id)
         group.slots.append(slot)
         self._slots[source.name] = (group, slot)
         source.queue.wake = self.wake
+
+    def noise_problem(self, bundle: "Bundle", machine_id: str | None = None) -> str | None:
+        """Why the noise classifier cannot score the audio of a source scored by `bundle` (None: it can). It gets
+        the chunks the detector gets, so it must take audio at the detector bundle's sample rate."""
+        if self._noise is None:
+            return None
+        noise = self._noise.bundle
+        try:
+            noise.check_stream(machine_id)
+        except ValueError as exc:
+            return f"noise classifier {noise.path} cannot score the source: {exc}"
+        if noise.sample_rate != bundle.sample_rate:
+            return (f"noise classifier {noise.path} takes {noise.sample_rate} Hz audio, but {bundle.path} "
+                    f"({bundle.name}) scores at {bundle.sample_rate} Hz: the classifier is fed the detector's audio, "
+                    "so train it at that rate")
+        return None
 
     @property
     def models(self) -> list[str]:
         """Names of the bundles in use (for sink labels)."""
         return sorted({g.bundle.name for g in self._groups.values()})
+
+    @property
+    def noise_model(self) -> str | None:
+        """Name of the noise classifier in use (None: none)."""
+        return None if self._noise is None else self._noise.bundle.name
 
     # -- the loop ----------------------------------------------------------------------------------------------------
 
@@ -228,50 +297,99 @@ class Pipeline:
     # -- one tick (worker thread) ------------------------------------------------------------------------------------
 
     def process(self, drained: dict[str, list[AudioBlock]]) -> list[Event]:
-        """Score everything that arrived; returns the events in order."""
+        """Score everything that arrived; returns the events in order.
+
+        Usually one round; a gap inside the drained blocks splits a source's audio into rounds so that the audio
+        before the gap is scored in its own context before the stream restarts. Each round feeds every group's
+        scorer once and the noise classifier once (all sources of all groups), before the detectors' windows
+        become events, so that each window can carry the noise score of the same audio."""
         events: list[Event] = []
         with torch.inference_mode():
+            work: list[tuple[_Group, dict[int, tuple[_Slot, list[_Run]]]]] = []
             for group in self._groups.values():
-                work = {
+                runs = {
                     slot.index: (slot, _runs(drained[slot.source.name]))
                     for slot in group.slots
                     if drained.get(slot.source.name)
                 }
-                if work:
-                    events += self._process_group(group, work)
+                if runs:
+                    for slot, _ in runs.values():
+                        slot.state = slot.source.state
+                    work.append((group, runs))
+            n_rounds = max((len(r) for _, runs in work for _, r in runs.values()), default=0)
+            for r in range(n_rounds):
+                events += self._round(work, r)
         return events
 
-    def _process_group(self, group: _Group, work: dict[int, tuple[_Slot, list[_Run]]]) -> list[Event]:
-        """Usually one round; a gap inside the drained blocks splits a source's audio into rounds so that the
-        audio before the gap is scored in its own context before the stream restarts."""
+    def _round(self, work: list[tuple[_Group, dict[int, tuple[_Slot, list[_Run]]]]], r: int) -> list[Event]:
+        """Round `r`: prepare every source's r-th run, score the noise of all of them, then each group's windows."""
         events: list[Event] = []
-        sr = group.bundle.sample_rate
-        for slot, _ in work.values():
-            slot.state = slot.source.state
-        for r in range(max(len(runs) for _, runs in work.values())):
+        prepared = []
+        for group, runs in work:
             t0 = time.perf_counter()
             chunks: list[np.ndarray | None] = [None] * len(group.scorer)
-            for i, (slot, runs) in work.items():
-                if r < len(runs):
-                    chunks[i] = self._prepare(group, slot, runs[r], events)
+            for i, (slot, slot_runs) in runs.items():
+                if r < len(slot_runs):
+                    chunks[i] = self._prepare(group, slot, slot_runs[r], events)
+            prepared.append((group, runs, chunks, time.perf_counter() - t0))
+        if self._noise is not None:
+            events += self._score_noise([(runs[i][0], c) for _, runs, chunks, _ in prepared
+                                         for i, c in enumerate(chunks) if c is not None])
+        for group, runs, chunks, t_prepare in prepared:
             if all(c is None for c in chunks):
                 continue
+            t0 = time.perf_counter()
             try:
                 windows = group.scorer.accept(chunks)
             except Exception as exc:  # noqa: BLE001 - one bad batch must not stop the daemon
-                events += self._scoring_failed(group, [work[i][0] for i, c in enumerate(chunks) if c is not None],
+                events += self._scoring_failed(group, [runs[i][0] for i, c in enumerate(chunks) if c is not None],
                                                exc)
                 continue
-            inference = time.perf_counter() - t0
+            inference = t_prepare + time.perf_counter() - t0
             now = time.time()
+            sr = group.bundle.sample_rate
             for i, found in enumerate(windows):
                 if not found:
                     continue
-                slot = work[i][0]
+                slot = runs[i][0]
                 for end, score in found:
+                    _take_noise(slot, end)
                     t = slot.last_time - (slot.fed - end) / sr
                     events += self._window_events(group, slot, score, t, inference, now)
+        for _, runs, _, _ in prepared:  # classifier windows after each source's last scored window of the round
+            for slot, _ in runs.values():
+                _take_noise(slot, None)
         return events
+
+    def _score_noise(self, fed: list[tuple[_Slot, np.ndarray]]) -> list[Event]:
+        """One batched classifier call for every source fed this round; its windows wait on the slots until the
+        detectors' windows of the round are turned into events."""
+        assert self._noise is not None
+        if not fed:
+            return []
+        scorer = self._noise.scorer
+        chunks: list[np.ndarray | None] = [None] * len(scorer)
+        for slot, chunk in fed:
+            assert slot.noise_index is not None
+            chunks[slot.noise_index] = chunk
+        try:
+            windows = scorer.accept(chunks)
+        except Exception as exc:  # noqa: BLE001 - the classifier failing must not stop anomaly scoring
+            log.error("noise classifier %s on %d source(s) failed: %s", self._noise.bundle.name, len(fed), exc,
+                      exc_info=exc)
+            detail = f"noise classifier failed ({type(exc).__name__}: {exc}): its stream restarted"
+            events: list[Event] = []
+            for slot, _ in fed:
+                assert slot.noise_index is not None
+                scorer.reset(slot.noise_index)
+                slot.noise, slot.noise_windows, slot.noise_offset = None, [], slot.fed
+                events.append(CounterEvent("input_errors", slot.source.name, 1, detail))
+            return events
+        for slot, _ in fed:
+            assert slot.noise_index is not None
+            slot.noise_windows += [(slot.noise_offset + end, score) for end, score in windows[slot.noise_index]
+                                   if math.isfinite(score)]
+        return []
 
     def _scoring_failed(self, group: _Group, slots: list[_Slot], exc: Exception) -> list[Event]:
         """Every source of the failed call restarts its stream (their windows of this tick are lost), with an
@@ -318,10 +436,13 @@ class Pipeline:
         slot.n_clipped += int(np.count_nonzero(magnitude >= CLIP_LEVEL))
         return samples
 
-    @staticmethod
-    def _reset(group: _Group, slot: _Slot) -> None:
-        """Restart the slot's stream after a gap: no frame or window straddles it."""
+    def _reset(self, group: _Group, slot: _Slot) -> None:
+        """Restart the slot's stream (and its noise classifier stream) after a gap: no frame or window straddles
+        it."""
         group.scorer.reset(slot.index)
+        if self._noise is not None and slot.noise_index is not None:
+            self._noise.scorer.reset(slot.noise_index)
+        slot.noise, slot.noise_windows, slot.noise_offset = None, [], 0
         if slot.resampler is not None:
             slot.resampler.reset()
         slot.fed = 0
@@ -339,18 +460,23 @@ class Pipeline:
             slot.level = 10 * math.log10(slot.sumsq / slot.n_level) if slot.sumsq > 0 else float("-inf")
             slot.clipped = slot.n_clipped / slot.n_level
             slot.sumsq, slot.n_level, slot.n_clipped = 0.0, 0, 0
-        level = slot.level
+        level, noise = slot.level, slot.noise
+        noisy_above = None if self._noise is None else self._noise.noisy_above
         events: list[Event] = []
-        state = "online"
+        state = "online"  # precedence: silent, clipping, noisy (see the module docstring)
         if level < silence_dbfs:
             state = "silent"
         elif slot.clipped > clipping_fraction:
             state = "clipping"
-        if slot.state in ("online", "silent", "clipping", "error") and slot.state != state:
-            detail = {"silent": f"level {level:.1f} dBFS below {silence_dbfs:g}", "clipping": "input clipping"}
+        elif noisy_above is not None and noise is not None and noise > noisy_above:
+            state = "noisy"
+        if slot.state in ("online", "silent", "clipping", "noisy", "error") and slot.state != state:
+            detail = {"silent": f"level {level:.1f} dBFS below {silence_dbfs:g}", "clipping": "input clipping",
+                      "noisy": f"noise score {noise or 0:.2f} above {noisy_above}: alarm decisions are unreliable"}
             events.append(SourceStatus(slot.source.name, state, detail.get(state, ""), now))  # type: ignore[arg-type]
             slot.state = state
-        alarm_events: list[AlarmEvent] = slot.tracker.update(score, t, suppressed=state != "online")
+        # silence and clipping suppress alarms (nothing to judge); a noisy source is still judged, with a warning
+        alarm_events: list[AlarmEvent] = slot.tracker.update(score, t, suppressed=state in ("silent", "clipping"))
         events.append(
             ScoreUpdate(
                 source=slot.source.name,
@@ -362,10 +488,18 @@ class Pipeline:
                 alarm_active=slot.tracker.active,
                 inference_seconds=inference,
                 lag_seconds=max(0.0, now - slot.last_arrival),
+                noise=noise,
             )
         )
         events += alarm_events
         return events
+
+
+def _take_noise(slot: _Slot, end: int | None) -> None:
+    """Make the slot's latest noise score that of its newest classifier window ending by sample `end` (None: all
+    of this round's)."""
+    while slot.noise_windows and (end is None or slot.noise_windows[0][0] <= end):
+        slot.noise = slot.noise_windows.pop(0)[1]
 
 
 def _ratio(rate_in: int, rate_out: int) -> tuple[int, int]:

@@ -1,9 +1,9 @@
 """Log sink: alarms and source health as log lines, the record a headless monitor leaves.
 
 Under systemd or with `--no-tui` nothing else reaches a person reading the journal, so every daemon has this sink.
-It is the one place status changes are logged: trouble (`offline`, `error`, `silent`, `clipping`) and alarms at
-WARNING, routine changes (`online`, `ended`, a growing alarm peak) at INFO. Scores and counters are left to
-Prometheus and the JSONL log: they come many per second.
+It is the one place status changes are logged: trouble (`offline`, `error`, `silent`, `clipping`, `noisy`) and
+alarms at WARNING, routine changes (`online`, `ended`, a growing alarm peak) at INFO. Scores and counters are left
+to Prometheus and the JSONL log: they come many per second.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from monitor.events import AlarmEvent, Event, SourceStatus
 
 log = logging.getLogger(__name__)
 
-_TROUBLE = frozenset({"offline", "error", "silent", "clipping"})
+_TROUBLE = frozenset({"offline", "error", "silent", "clipping", "noisy"})
 
 
 class LogSink:

@@ -6,7 +6,8 @@ Topics (base `asd/<node>`):
   <source>/status     JSON {source, state, detail, time} from SourceStatus (retained)
   <source>/alarm      `ON` / `OFF` from AlarmEvent new / end (retained)
   events              JSON of AlarmEvent.to_dict() (qos 1, not retained)
-  <source>/score      JSON of ScoreUpdate.to_dict(), at most once per `score_interval` per source
+  <source>/score      JSON of ScoreUpdate.to_dict() (with `noise`, the noise classifier's score, null without one), at
+                      most once per `score_interval` per source
 
 Retained state survives the daemon and the broker: on every connect (the first, and each reconnect after a broker
 restart, which without persistence forgets retained messages) the sink publishes `online`, the discovery configs
@@ -17,7 +18,8 @@ replaced on the first connect (`monitor.journal` also sends that alarm's `end` e
 Home Assistant discovery (`ha_discovery`): the node is a device with a `monitor` connectivity entity (from
 `availability`); each source is a device of its own (so machines can sit in their own areas), linked to the node
 with `via_device`, with an `anomaly` problem entity, an `audio input` connectivity entity from `<source>/status`
-and an `anomaly score` sensor that expires after `ha_expire_after` seconds without a score. Ids are `ha_id`
+and an `anomaly score` sensor that expires after `ha_expire_after` seconds without a score (with a noise classifier,
+`noise=True`, also a `noise score` sensor from the same topic). Ids are `ha_id`
 encodings, one to one. On every connect the sink subscribes to this node's retained configs and empties those no
 configured source publishes (removed sources, and the one-device-per-node scheme before this one).
 
@@ -105,8 +107,11 @@ class MqttSink:
         sources: Iterable[str] = (),
         on_counter: Callable[[CounterEvent], None] | None = None,
         clock: Callable[[], float] = time.monotonic,
+        noise: bool = False,
     ) -> None:
+        """`noise`: a noise classifier scores the sources (their discovery then lists a noise sensor)."""
         self.settings = settings
+        self.noise = noise
         self.node = sanitize_topic_part(node)
         self.base = f"{settings.base_topic.rstrip('/')}/{self.node}"
         self.availability_topic = f"{self.base}/availability"
@@ -284,17 +289,20 @@ class MqttSink:
     def _node_topic(self) -> str:
         return f"{self._discovery_prefix}/binary_sensor/{self._node_uid}/online/config"
 
-    def _discovery_topics(self, source: str) -> tuple[str, str, str]:
-        """The alarm, audio-input and score config topics of `source`."""
+    def _discovery_topics(self, source: str) -> tuple[str, ...]:
+        """The alarm, audio-input and score config topics of `source` (and the noise score's, with a classifier)."""
         prefix, source_id = self._discovery_prefix, ha_id(source)
-        return (f"{prefix}/binary_sensor/{self._node_uid}/{source_id}_alarm/config",
-                f"{prefix}/binary_sensor/{self._node_uid}/{source_id}_audio/config",
-                f"{prefix}/sensor/{self._node_uid}/{source_id}_score/config")
+        topics = (f"{prefix}/binary_sensor/{self._node_uid}/{source_id}_alarm/config",
+                  f"{prefix}/binary_sensor/{self._node_uid}/{source_id}_audio/config",
+                  f"{prefix}/sensor/{self._node_uid}/{source_id}_score/config")
+        return topics + ((f"{prefix}/sensor/{self._node_uid}/{source_id}_noise/config",) if self.noise else ())
 
     def _discovery_messages(self, source: str) -> list[_Message]:
         """One HA device per monitored machine (source), linked to the node's device, with three entities: the
         alarm (problem), the audio input's health from `<source>/status` (connectivity: an unplugged microphone
-        shows as disconnected, not as a quiet machine), and the score (expires when scores stop coming)."""
+        shows as disconnected, not as a quiet machine), and the score (expires when scores stop coming); with a
+        noise classifier a fourth, the noise score (0..1, from the same messages; `None`, HA's unknown, before the
+        classifier's first window)."""
         source_id = ha_id(source)
         availability = {"availability_topic": self.availability_topic, "payload_available": "online",
                         "payload_not_available": "offline"}
@@ -315,7 +323,7 @@ class MqttSink:
             "name": "audio input",
             "unique_id": f"{self._node_uid}-{source_id}-audio",
             "state_topic": self.topic(source, "status"),
-            "value_template": "{{ 'ON' if value_json.state in ('online', 'silent', 'clipping') else 'OFF' }}",
+            "value_template": "{{ 'ON' if value_json.state in ('online', 'silent', 'clipping', 'noisy') else 'OFF' }}",
             "json_attributes_topic": self.topic(source, "status"),  # state and detail; changes only on events
             "payload_on": "ON",
             "payload_off": "OFF",
@@ -332,8 +340,15 @@ class MqttSink:
             "expire_after": self.settings.ha_expire_after,
             "icon": "mdi:waveform",
         }
+        noise = {
+            **score,
+            "name": "noise score",
+            "unique_id": f"{self._node_uid}-{source_id}-noise",
+            "value_template": "{{ value_json.noise }}",
+            "icon": "mdi:volume-high",
+        }
         return [_Message(topic, _json(config), 1, True)
-                for topic, config in zip(self._discovery_topics(source), (alarm, audio, score))]
+                for topic, config in zip(self._discovery_topics(source), (alarm, audio, score, noise))]
 
     def _all_discovery(self) -> list[_Message]:
         return self._node_discovery() + [m for source in self._sources.values()

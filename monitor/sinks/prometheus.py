@@ -36,7 +36,7 @@ log = logging.getLogger(__name__)
 # Inference of one batch takes from about a millisecond (small dense AE) to a good part of a second (large
 # models on CPU); the buckets resolve that range finely enough for p50/p99.
 INFERENCE_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
-UP_STATES = frozenset({"online", "silent", "clipping"})
+UP_STATES = frozenset({"online", "silent", "clipping", "noisy"})
 STATES: tuple[str, ...] = get_args(SourceState)
 
 
@@ -77,6 +77,8 @@ class PrometheusSink:
                                    buckets=INFERENCE_BUCKETS, registry=r)
         self.level = Gauge("asd_audio_level_dbfs", "RMS level of the latest window in dBFS.", ["source"],
                            registry=r)
+        self.noise = Gauge("asd_noise_score", "Noise classifier's latest score of the source: the probability (0..1) "
+                           "that its audio is background noise.", ["source"], registry=r)
         self.lag = Gauge("asd_processing_lag_seconds", "Delay from the end of a window to its score.",
                          ["source"], registry=r)
         self.source_up = Gauge("asd_source_up", "1 while the source delivers audio, else 0.", ["source"],
@@ -154,6 +156,8 @@ class PrometheusSink:
             self.windows.labels(*labels).inc()
             self.inference.labels(*labels).observe(max(event.inference_seconds, 0.0))
             self.level.labels(event.source).set(event.level_dbfs)
+            if event.noise is not None and math.isfinite(event.noise):
+                self.noise.labels(event.source).set(event.noise)
             self.lag.labels(event.source).set(event.lag_seconds)
             self.source_up.labels(event.source).set(1.0)
         elif isinstance(event, AlarmEvent):

@@ -1,5 +1,5 @@
-"""Terminal view (rich Live): one row per source with level, score vs threshold, a sparkline, alarm state,
-drops and status, under a header with model, device, lag and uptime.
+"""Terminal view (rich Live): one row per source with level, score vs threshold, the noise score (with a noise
+classifier), a sparkline, alarm state, drops and status, under a header with model, device, lag and uptime.
 
 The sink only keeps state folded from the events it is given and redraws it about four times a second from its
 own task; it never calls into the pipeline. `render()` builds the whole view as a renderable, so tests and other
@@ -33,8 +33,8 @@ SPARK_BLOCKS = "▁▂▃▄▅▆▇█"
 SPARK_LENGTH = 30
 REFRESH_HZ = 4.0
 NEAR_THRESHOLD = 0.9  # scores above this fraction of a positive threshold show as a warning
-STATUS_STYLES = {"online": "green", "silent": "yellow", "clipping": "yellow", "offline": "red", "error": "bold red",
-                 "ended": "dim"}
+STATUS_STYLES = {"online": "green", "silent": "yellow", "clipping": "yellow", "noisy": "yellow", "offline": "red",
+                 "error": "bold red", "ended": "dim"}
 
 
 @dataclass
@@ -45,6 +45,7 @@ class SourceView:
     level_dbfs: float | None = None
     score: float | None = None
     threshold: float | None = None
+    noise: float | None = None
     scores: collections.deque[float] = field(default_factory=lambda: collections.deque(maxlen=SPARK_LENGTH))
     alarm_since: float | None = None
     alarm_peak: float | None = None
@@ -104,11 +105,13 @@ class TuiSink:
         self,
         *,
         device: str = "",
+        noise: bool = False,
         console: Console | None = None,
         refresh_hz: float = REFRESH_HZ,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.device = device
+        self.noise = noise  # a noise classifier scores the sources: show the `noise` column
         self.console = console if console is not None else Console()
         self.refresh_hz = refresh_hz
         self._clock = clock
@@ -130,6 +133,7 @@ class TuiSink:
             view.level_dbfs = event.level_dbfs
             view.score = event.score
             view.threshold = event.threshold
+            view.noise = event.noise
             view.scores.append(event.score)
             view.lag_seconds = event.lag_seconds
             if view.state == "waiting":  # scores prove audio flows even if no status came first
@@ -172,14 +176,17 @@ class TuiSink:
 
     def _table(self) -> Table:
         table = Table(expand=True)
-        for column, justify in (("source", "left"), ("level dBFS", "right"), ("score / threshold", "right"),
-                                (f"last {SPARK_LENGTH}", "left"), ("alarm", "left"), ("drop/ovf/err", "right"),
-                                ("status", "left")):
+        columns = [("source", "left"), ("level dBFS", "right"), ("score / threshold", "right")]
+        columns += [("noise", "right")] if self.noise else []
+        columns += [(f"last {SPARK_LENGTH}", "left"), ("alarm", "left"), ("drop/ovf/err", "right"), ("status", "left")]
+        for column, justify in columns:
             table.add_column(column, justify=justify, no_wrap=True, overflow="ellipsis",
                              min_width=SPARK_LENGTH if column.startswith("last") else None)
         for name, view in sorted(self.sources.items()):
-            table.add_row(name, self._level(view), self._score(view), sparkline(list(view.scores), view.threshold),
-                          self._alarm(view), self._drops(view), self._status(view))
+            noise = [self._noise(view)] if self.noise else []
+            table.add_row(name, self._level(view), self._score(view), *noise,
+                          sparkline(list(view.scores), view.threshold), self._alarm(view), self._drops(view),
+                          self._status(view))
         return table
 
     @staticmethod
@@ -198,6 +205,14 @@ class TuiSink:
         text = Text(f"{view.score:.3g}", style=_score_style(view.score, view.threshold))
         text.append(f" / {threshold}", style="dim")
         return text
+
+    @staticmethod
+    def _noise(view: SourceView) -> Text:
+        """The noise score, in the status colour while the source is `noisy`; `-` before the classifier's first
+        window."""
+        if view.noise is None:
+            return Text("-", style="dim")
+        return Text(f"{view.noise:.2f}", style=STATUS_STYLES["noisy"] if view.state == "noisy" else "")
 
     def _alarm(self, view: SourceView) -> Text:
         if view.alarm_since is None:

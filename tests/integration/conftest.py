@@ -27,7 +27,7 @@ from typing import Any, Callable, Iterator
 import pytest
 
 from tests.conftest import skip_or_fail
-from tests.helpers import make_tiny_bundle
+from tests.helpers import make_noise_classifier_bundle, make_tiny_bundle
 
 STARTUP_TIMEOUT_S = 15.0
 
@@ -448,6 +448,12 @@ ALARM_CONFIG = "alarms:\n  k: 3\n  n: 5\n  hold_seconds: 1.0\n  cooldown_seconds
 @pytest.fixture(scope="module")
 def bundle_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return make_tiny_bundle(tmp_path_factory.mktemp("daemon") / "bundle")
+
+
+@pytest.fixture(scope="module")
+def noise_bundle_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A noise classifier for `bundle_dir`'s sources (same sample rate): `--noise-bundle`."""
+    return make_noise_classifier_bundle(tmp_path_factory.mktemp("daemon") / "noise")
 
 
 @dataclass

@@ -38,11 +38,12 @@ def alarm_sequences(messages) -> dict[str, list[str]]:
     return seqs
 
 
-def test_anomalous_replay_raises_one_alarm_sequence_with_retained_state(tmp_path, bundle_dir, mosquitto,
-                                                                         mqtt_collector, daemons):
-    live = mqtt_collector([f"{BASE}/#"])
-    d = start_daemon(tmp_path, "--bundle", str(bundle_dir), "--replay", str(anomalous_wav(tmp_path / "m1.wav")),
-                     "--speed", "0", "--mqtt", mosquitto.url, config=ALARM_CONFIG)
+def test_anomalous_replay_raises_one_alarm_sequence_with_retained_state(tmp_path, bundle_dir, noise_bundle_dir,
+                                                                         mosquitto, mqtt_collector, daemons):
+    live = mqtt_collector([f"{BASE}/#", "homeassistant/#"])
+    d = start_daemon(tmp_path, "--bundle", str(bundle_dir), "--noise-bundle", str(noise_bundle_dir),
+                     "--replay", str(anomalous_wav(tmp_path / "m1.wav")), "--speed", "0", "--mqtt", mosquitto.url,
+                     config=ALARM_CONFIG)
     daemons.append(d)
     assert d.wait() == 0, d.output()
     live.wait_for(f"{BASE}/availability", payload=b"offline")
@@ -61,6 +62,11 @@ def test_anomalous_replay_raises_one_alarm_sequence_with_retained_state(tmp_path
     assert [m.payload for m in live.on(f"{BASE}/m1/alarm")] == [b"OFF", b"ON", b"OFF"]
     availability = [m.payload for m in live.on(f"{BASE}/availability")]
     assert availability[0] == b"online" and availability[-1] == b"offline"
+    scores = [m.json() for m in live.on(f"{BASE}/m1/score")]  # the noise classifier's score rides along
+    assert scores and all(0.0 <= s["noise"] <= 1.0 for s in scores), scores
+    noise_sensor = [m.json() for m in live.on("homeassistant/sensor/asd-itest/m1_noise/config")][-1]
+    assert noise_sensor["state_topic"] == f"{BASE}/m1/score"
+    assert noise_sensor["value_template"] == "{{ value_json.noise }}"
 
     late = mqtt_collector([f"{BASE}/#"])  # a subscriber arriving later sees the retained final state
     late.wait_for(f"{BASE}/m1/alarm")

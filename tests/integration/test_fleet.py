@@ -1,5 +1,6 @@
-"""A fleet: two daemons (`--node a`, `--node b`) monitoring a source of the same name, one mosquitto, one Prometheus.
-Their MQTT topics, retained state and alarms stay apart, and so does every query of the Grafana dashboard."""
+"""A fleet: two daemons (`--node a`, `--node b`, each with a noise classifier) monitoring a source of the same name,
+one mosquitto, one Prometheus. Their MQTT topics, retained state and alarms stay apart, and so does every query of
+the Grafana dashboard (the noise score panel's included)."""
 
 from __future__ import annotations
 
@@ -15,14 +16,15 @@ from tests.integration.test_grafana_dashboard import expand, panel_queries
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
 
 
-def test_two_nodes_with_same_source_names_stay_apart(tmp_path, bundle_dir, mosquitto, mqtt_collector,
-                                                      prometheus_server, daemons):
+def test_two_nodes_with_same_source_names_stay_apart(tmp_path, bundle_dir, noise_bundle_dir, mosquitto,
+                                                      mqtt_collector, prometheus_server, daemons):
     live = mqtt_collector(["asd/#"])
     wav = anomalous_wav(tmp_path / "fan.wav", normal_s=2.0, fault_s=30.0, after_s=2.0)
     ports = {node: free_port() for node in ("a", "b")}
     for node, port in ports.items():
         state = tmp_path / f"state-{node}"
-        daemons.append(start_daemon(tmp_path, "--node", node, "--bundle", str(bundle_dir), "--replay", str(wav),
+        daemons.append(start_daemon(tmp_path, "--node", node, "--bundle", str(bundle_dir),
+                                    "--noise-bundle", str(noise_bundle_dir), "--replay", str(wav),
                                     "--loop", "--mqtt", mosquitto.url, "--prometheus-port", str(port),
                                     "--state-dir", str(state), config=ALARM_CONFIG))
     for node in ports:
@@ -47,6 +49,9 @@ def test_two_nodes_with_same_source_names_stay_apart(tmp_path, bundle_dir, mosqu
             assert {r["metric"].get("instance") for r in result} == {instance}, (title, node, result)
     both = prometheus.query('max by (instance, source) (asd_alarm_active{source="fan"})')
     assert {r["metric"]["instance"] for r in both} == set(instances.values())
+    noise = prometheus.query('asd_noise_score{source="fan"}')  # the daemon's own scrape, 0..1
+    assert {r["metric"]["instance"] for r in noise} == set(instances.values())
+    assert all(0.0 <= float(r["value"][1]) <= 1.0 for r in noise)
     for d in daemons:
         d.proc.send_signal(signal.SIGTERM)
     for d in daemons:

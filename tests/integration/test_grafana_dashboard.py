@@ -48,7 +48,8 @@ def expand(expr: str, node: str, source: str = ".*") -> str:
 
 
 def feed_forever(sink: PrometheusSink, stop: threading.Event) -> None:
-    """What a running daemon would emit for two sources, ten times a second, until stopped."""
+    """What a running daemon (with a noise classifier) would emit for two sources, ten times a second, until
+    stopped."""
     for source in SOURCES:
         sink.publish(SourceStatus(source, "online"))
         sink.publish(AlarmEvent("new", f"{source}-1", source, "dcase_ae", 2.0, 2.0, 1.0, start_time=0.0))
@@ -58,7 +59,8 @@ def feed_forever(sink: PrometheusSink, stop: threading.Event) -> None:
         for i, source in enumerate(SOURCES):
             sink.publish(ScoreUpdate(source, "dcase_ae", 0.5 + 0.1 * ((tick + i) % 10), 1.0, time=float(tick),
                                      level_dbfs=-30.0 + i, alarm_active=True,
-                                     inference_seconds=0.002 * (1 + tick % 20), lag_seconds=0.05))
+                                     inference_seconds=0.002 * (1 + tick % 20), lag_seconds=0.05,
+                                     noise=0.05 * ((tick + i) % 20)))
             for name in ("dropped_blocks", "overflows", "input_errors", "source_restarts"):
                 sink.publish(CounterEvent(name, source))
         sink.publish(CounterEvent("sink_errors", "mqtt", labels={"sink": "mqtt"}))
@@ -80,7 +82,7 @@ def test_dashboard_structure() -> None:
     exprs = " ".join(expr for _, expr in panel_queries())
     for needed in ("asd_anomaly_score", "asd_anomaly_threshold", "asd_alarm_active", "asd_audio_level_dbfs",
                    "asd_audio_dropped_blocks_total", "histogram_quantile(0.99", "histogram_quantile(0.5",
-                   "asd_processing_lag_seconds"):
+                   "asd_processing_lag_seconds", "asd_noise_score"):
         assert needed in exprs, needed
 
 

@@ -32,8 +32,8 @@ def alarm(kind: str, source: str = "fan", n: int = 1, score: float = 2.0) -> Ala
                       end_time=110.0 + n if kind == "end" else None)
 
 
-def score(source: str = "fan", value: float = 0.5, t: float = 1.0) -> ScoreUpdate:
-    return ScoreUpdate(source, "dcase_ae", value, 1.0, time=t, level_dbfs=-23.5, alarm_active=False)
+def score(source: str = "fan", value: float = 0.5, t: float = 1.0, noise: float | None = None) -> ScoreUpdate:
+    return ScoreUpdate(source, "dcase_ae", value, 1.0, time=t, level_dbfs=-23.5, alarm_active=False, noise=noise)
 
 
 async def until(predicate: Callable[[], bool], timeout: float, what: str) -> None:
@@ -85,6 +85,7 @@ async def test_topics_payloads_and_retain_flags(make_sink, mqtt_collector) -> No
     assert status.json() == {"source": "fan", "state": "online", "detail": "capturing", "time": 5.0}
     [scored] = live.on(f"{BASE}/fan/score")
     assert scored.json()["score"] == 0.25 and scored.json()["level_dbfs"] == -23.5
+    assert scored.json()["noise"] is None  # no noise classifier
     assert live.on(f"{BASE}/availability")[0].payload == b"online"
 
     late = mqtt_collector(["asd/#"])  # a late subscriber sees exactly the retained state
@@ -423,20 +424,22 @@ def render(template: str, payload: bytes) -> str:
 
 async def test_every_discovery_payload_follows_home_assistant_schema(mosquitto, make_sink, mqtt_collector) -> None:
     live = mqtt_collector(["homeassistant/#", f"{BASE}/#"])
-    sink = await make_sink(sink_kwargs={"sources": ["fan", "fan.1", "fan_1", "fan-1", "Ölpumpe"]})
-    states = ("online", "silent", "clipping", "offline", "error", "ended")
+    sink = await make_sink(sink_kwargs={"sources": ["fan", "fan.1", "fan_1", "fan-1", "Ölpumpe"], "noise": True},
+                           score_interval=0.0)
+    states = ("online", "silent", "clipping", "noisy", "offline", "error", "ended")
     for i, state in enumerate(states):
         sink.publish(SourceStatus("fan", state, f"detail {i}", float(i)))
-    sink.publish(score("fan", 0.75))
+    sink.publish(score("fan", 0.75))  # before the classifier's first window
+    sink.publish(score("fan", 0.5, noise=0.375))
     await live.await_for(f"{BASE}/fan/status", count=len(states))
-    await live.await_for(f"{BASE}/fan/score")
+    await live.await_for(f"{BASE}/fan/score", count=2)
     configs = {}
     for source in ("fan", "fan.1", "fan_1", "fan-1", "Ölpumpe"):
-        await live.await_for(ha_topic("sensor", f"{ha_id(source)}_score"))
+        await live.await_for(ha_topic("sensor", f"{ha_id(source)}_noise"))
     for m in live.messages:
         if m.topic.startswith("homeassistant/") and m.payload:
             configs[m.topic] = m.json()
-    assert len(configs) == 1 + 5 * 3  # the node's entity, three per source
+    assert len(configs) == 1 + 5 * 4  # the node's entity, four per source (with the noise score)
     unique_ids = [c["unique_id"] for c in configs.values()]
     assert len(set(unique_ids)) == len(unique_ids)  # fan.1, fan_1 and fan-1 do not collide
     assert len({tuple(c["device"]["identifiers"]) for c in configs.values()}) == 1 + 5
@@ -449,8 +452,10 @@ async def test_every_discovery_payload_follows_home_assistant_schema(mosquitto, 
         for m in live.on(state_topic):
             out = render(template, m.payload)
             if platform == "binary_sensor":
-                expected = "ON" if m.json()["state"] in ("online", "silent", "clipping") else "OFF"
+                expected = "ON" if m.json()["state"] in ("online", "silent", "clipping", "noisy") else "OFF"
                 assert out == expected, (topic, m.payload, out)
+            elif config["name"] == "noise score":  # "None" (no window yet) is what HA takes as unknown
+                assert out == str(m.json()["noise"]), (topic, out)
             else:
                 assert float(out) == m.json()["score"], (topic, out)
         assert live.on(state_topic) or state_topic.endswith(("fan.1/status", "fan_1/status", "fan-1/status",
@@ -461,20 +466,22 @@ async def test_configs_of_sources_no_longer_configured_are_removed(mosquitto, ma
     legacy = "homeassistant/binary_sensor/asd_testnode/pump_alarm/config"  # the one-device-per-node scheme
     paho_publish.single(legacy, b'{"name": "pump anomaly"}', retain=True, hostname=mosquitto.host,
                         port=mosquitto.port)
-    first = await make_sink(sink_kwargs={"sources": ["fan", "pump"]})
+    first = await make_sink(sink_kwargs={"sources": ["fan", "pump"], "noise": True})
     seen = mqtt_collector(["homeassistant/#"])
     await seen.await_for(ha_topic("sensor", "pump_score"))
+    await seen.await_for(ha_topic("sensor", "fan_noise"))
     await seen.await_for(legacy, payload=b"")  # the old scheme's config is emptied at the first connect
     await first.close()
-    await make_sink(sink_kwargs={"sources": ["fan"]})  # pump removed from the configuration
+    await make_sink(sink_kwargs={"sources": ["fan"]})  # pump removed from the configuration, and the classifier
     for object_id in ("pump_alarm", "pump_audio"):
         await seen.await_for(ha_topic("binary_sensor", object_id), payload=b"")
-    await seen.await_for(ha_topic("sensor", "pump_score"), payload=b"")
+    for object_id in ("pump_score", "pump_noise", "fan_noise"):
+        await seen.await_for(ha_topic("sensor", object_id), payload=b"")
     late = mqtt_collector(["homeassistant/#"])
     await late.await_for(ha_topic("sensor", "fan_score"))
     await asyncio.sleep(0.5)  # retained messages arrive together at subscription
     left = {m.topic for m in late.messages}
-    assert not any("pump" in t for t in left), left
+    assert not any("pump" in t or "noise" in t for t in left), left
     assert ha_topic("binary_sensor", "fan_alarm") in left and ha_topic("binary_sensor", "online") in left
 
 

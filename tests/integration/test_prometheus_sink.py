@@ -22,13 +22,15 @@ from tests.conftest import skip_or_fail
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 
 
-def feed(sink: PrometheusSink, source: str, scores: list[float], threshold: float = 1.0) -> None:
-    """Events for one source covering every metric family: status, scores, an alarm's life, each counter."""
+def feed(sink: PrometheusSink, source: str, scores: list[float], threshold: float = 1.0,
+         noise: bool = True) -> None:
+    """Events for one source covering every metric family: status, scores (with noise scores unless `noise` is
+    false), an alarm's life, each counter."""
     sink.publish(SourceStatus(source, "online", time=1.0))
     for i, score in enumerate(scores):
         sink.publish(ScoreUpdate(source, "dcase_ae", score, threshold, time=2.0 + i, level_dbfs=-20.0 - i,
                                  alarm_active=score > threshold, inference_seconds=0.004 * (i + 1),
-                                 lag_seconds=0.05))
+                                 lag_seconds=0.05, noise=0.25 * (i + 1) if noise else None))
     for kind in ("new", "update", "end"):
         sink.publish(AlarmEvent(kind, f"{source}-1", source, "dcase_ae", 2.0, 2.5, threshold, start_time=3.0,
                                 end_time=5.0 if kind == "end" else None))
@@ -78,11 +80,16 @@ async def test_exposition_values_follow_events(sink: PrometheusSink) -> None:
     assert sample(text, f"asd_windows_scored_total{labels}") == 2.0
     assert sample(text, f"asd_inference_duration_seconds_count{labels}") == 2.0
     assert sample(text, 'asd_audio_level_dbfs{source="fan 1"}') == -21.0
+    assert sample(text, 'asd_noise_score{source="fan 1"}') == 0.5  # the latest window's
     assert sample(text, 'asd_audio_dropped_blocks_total{source="fan 1"}') == 2.0
     assert sample(text, 'asd_source_restarts_total{source="fan 1"}') == 2.0
     assert sample(text, 'asd_sink_errors_total{sink="mqtt"}') == 1.0
+    sink.publish(SourceStatus("fan 1", "noisy", "noise score 0.9 above 0.8", time=8.0))
+    assert sample(scrape(sink), 'asd_source_up{source="fan 1"}') == 1.0  # noisy audio is still audio
     sink.publish(SourceStatus("fan 1", "error", "device lost", time=9.0))
     assert sample(scrape(sink), 'asd_source_up{source="fan 1"}') == 0.0
+    feed(sink, "pump", [0.5], noise=False)  # no classifier: no noise series (not a made-up 0)
+    assert "asd_noise_score{source=\"pump\"}" not in scrape(sink)
     assert 'device="cpu"' in text and 'model="dcase_ae"' in text
 
 
@@ -99,7 +106,7 @@ async def test_configured_sources_have_their_series_before_any_event() -> None:
             assert [sample(text, f'asd_source_state{{source="{source}",state="{st}"}}') for st in STATES] == [
                 0.0] * len(STATES)
         assert 'source="pump"' not in "".join(line for line in text.splitlines() if line.startswith("asd_alarms"))
-        assert set(STATES) == {"online", "offline", "silent", "clipping", "error", "ended"}
+        assert set(STATES) == {"online", "offline", "silent", "clipping", "noisy", "error", "ended"}
         assert "process_resident_memory_bytes" in text and "process_start_time_seconds" in text
         sink.publish(SourceStatus("fan", "silent", "level -80 dBFS", time=2.0))
         text = scrape(sink)
@@ -127,6 +134,8 @@ async def test_real_prometheus_scrapes_the_sink(sink: PrometheusSink, prometheus
     [series] = prometheus.query('asd_anomaly_score{source="pump"}')
     assert float(series["value"][1]) == 1.7
     assert series["metric"]["model"] == "dcase_ae"
+    [noise] = prometheus.query('asd_noise_score{source="pump"}')
+    assert float(noise["value"][1]) == 0.5
 
 
 def test_deploy_scrape_config_and_rules_are_valid_and_use_real_metrics() -> None:

@@ -13,12 +13,17 @@ import torch
 
 from monitor import cli, demo
 from monitor.config import ConfigError, load_config
-from tests.helpers import SR, machine_audio, make_tiny_bundle
+from tests.helpers import SR, machine_audio, make_noise_classifier_bundle, make_tiny_bundle, noisy_pair_audio
 
 
 @pytest.fixture(scope="module")
 def bundle_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return make_tiny_bundle(tmp_path_factory.mktemp("cli") / "bundle")
+
+
+@pytest.fixture(scope="module")
+def noise_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_noise_classifier_bundle(tmp_path_factory.mktemp("cli") / "noise")
 
 
 def wav(path: Path, x: np.ndarray, rate: int = SR) -> Path:
@@ -43,9 +48,10 @@ def test_flags_override_the_file(tmp_path):
                  "sinks:\n  mqtt:\n    url: mqtt://old:1883\n    base_topic: plant\n    username: u\n")
     args = cli.build_parser().parse_args(
         ["--node", "n2", "--bundle", "/x", "--device", "asd_mic1", "--replay", "a.wav", "--speed", "0", "--loop",
-         "--duration", "5", "--prometheus-port", "9200", "--no-tui", "--mqtt", "mqtts://broker:8884"])
+         "--duration", "5", "--prometheus-port", "9200", "--no-tui", "--mqtt", "mqtts://broker:8884",
+         "--noise-bundle", "/n"])
     cfg = cli.apply_args(load_config(f), args)
-    assert cfg.node == "n2" and cfg.bundle == Path("/x")
+    assert cfg.node == "n2" and cfg.bundle == Path("/x") and cfg.noise.bundle == Path("/n")
     assert [(s.device, s.replay) for s in cfg.sources] == [("mic0", None), ("asd_mic1", None), (None, ["a.wav"])]
     assert (cfg.replay.speed, cfg.replay.loop, cfg.replay.duration_seconds) == (0, True, 5)
     assert cfg.sinks.prometheus.enabled and cfg.sinks.prometheus.port == 9200
@@ -197,3 +203,47 @@ def test_bundles_that_cannot_score_the_sources_are_start_up_errors(tmp_path, cap
     vectors = fit_bundle(tmp_path / "vec", vec, rows[:6], None, rows[6:], None, machine="v")
     rc, _ = run_cli(tmp_path, "--bundle", str(vectors), "--replay", str(x))
     assert rc == 2 and "not audio" in capsys.readouterr().err
+
+
+def test_a_noise_bundle_puts_the_noise_score_on_every_score_and_marks_noisy_sources(tmp_path, bundle_dir, noise_dir,
+                                                                                      caplog):
+    caplog.set_level(logging.WARNING, logger="monitor.sinks.log")
+    clean, noisy = noisy_pair_audio(3.0, seed=11)
+    rc, events = run_cli(tmp_path, "--bundle", str(bundle_dir), "--noise-bundle", str(noise_dir), "--speed", "0",
+                         "--replay", str(wav(tmp_path / "clean.wav", clean)),
+                         "--replay", str(wav(tmp_path / "noisy.wav", noisy)), config="noise:\n  noisy_above: 0.5\n")
+    assert rc == 0
+    scores = [e for e in events if e["kind"] == "score"]
+    assert {e["source"] for e in scores} == {"clean", "noisy"}
+    assert all(0.0 <= e["noise"] <= 1.0 for e in scores)
+    states = {s: [e["state"] for e in events if e["kind"] == "status" and e["source"] == s] for s in ("clean", "noisy")}
+    assert states == {"clean": ["online", "ended"], "noisy": ["online", "noisy", "ended"]}
+    warnings = [r.getMessage() for r in caplog.records]
+    assert warnings[0].startswith("source noisy: noisy (noise score") and "decisions are unreliable" in warnings[0]
+    # the background noise alone looks anomalous to the AE: the alarm is raised, and the status says not to trust it
+    assert any(w.startswith("ALARM noisy") for w in warnings) and not any("clean" in w for w in warnings)
+
+
+@pytest.mark.parametrize("which, needle", [
+    ("detector", "is a detector bundle (dcase_ae), not a noise classifier"),
+    ("missing", "cannot load noise bundle"),
+    ("level only", "no noise classifier"),
+    ("other rate", "takes 8000 Hz audio, but"),
+])
+def test_a_noise_bundle_that_cannot_serve_is_a_start_up_error(tmp_path, bundle_dir, noise_dir, capsys, which,
+                                                              needle):
+    x, sr, bundle, noise = machine_audio(1.0, 1), SR, bundle_dir, ["--noise-bundle", str(noise_dir)]
+    config = ""
+    if which == "detector":
+        noise = ["--noise-bundle", str(bundle_dir)]
+    elif which == "missing":
+        noise = ["--noise-bundle", str(tmp_path / "no-such-classifier")]
+    elif which == "level only":
+        noise, config = [], "noise:\n  noisy_above: 0.5\n"
+    else:  # the classifier is fed the detector's audio: a 16 kHz detector cannot use an 8 kHz classifier
+        sr = 16000
+        x, bundle = machine_audio(1.0, 1, sr=sr), make_tiny_bundle(tmp_path / "b16k", sr=sr)
+    rc, _ = run_cli(tmp_path, "--bundle", str(bundle), *noise, "--replay", str(wav(tmp_path / "m.wav", x, sr)),
+                    "--speed", "0", config=config)
+    err = capsys.readouterr().err
+    assert rc == 2 and needle in err and "Traceback" not in err, err

@@ -42,6 +42,7 @@ def all_keys(model: type[BaseModel]) -> set[str]:
 def test_defaults_without_a_file():
     cfg = load_config(None)
     assert cfg.sources == [] and cfg.alarms.k == 3 and cfg.alarms.n == 5 and cfg.sinks.mqtt is None
+    assert cfg.noise.bundle is None and cfg.noise.noisy_above is None  # no classifier, no `noisy` policy
     assert cfg.node  # the host name
 
 
@@ -73,6 +74,8 @@ def test_unknown_keys_are_rejected_with_their_path(tmp_path, text, key):
         ({"sources": [{"name": "a", "device": 1}, {"name": "a", "device": 2}]}, "duplicate source names: a"),
         ({"node": "x y"}, "node"),
         ({"replay": {"speed": -1}}, "replay.speed"),
+        ({"noise": {"noisy_above": 1.5}}, "noise.noisy_above"),
+        ({"noise": {"level": 0.5}}, "noise.level: unknown key"),
     ],
 )
 def test_invalid_values_are_explained(data, needle):
@@ -112,9 +115,9 @@ def test_relative_paths_are_relative_to_the_file(tmp_path):
     sub.mkdir()
     p = sub / "m.yaml"
     p.write_text("bundle: b\nsources:\n  - replay: [x.wav, /abs/y.wav]\n    bundle: ../c\n"
-                 "sinks:\n  jsonl:\n    path: e.jsonl\n")
+                 "sinks:\n  jsonl:\n    path: e.jsonl\nnoise:\n  bundle: cls\n")
     cfg = load_config(p)
-    assert cfg.bundle == sub / "b"
+    assert cfg.bundle == sub / "b" and cfg.noise.bundle == sub / "cls"
     assert cfg.sources[0].replay == [str(sub / "x.wav"), "/abs/y.wav"]
     assert cfg.sources[0].bundle == sub / "../c"
     assert cfg.sinks.jsonl.path == sub / "e.jsonl"

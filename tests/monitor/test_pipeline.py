@@ -18,7 +18,7 @@ from monitor.events import AlarmEvent, CounterEvent, ScoreUpdate, SourceStatus
 from monitor.pipeline import Pipeline, StreamResampler
 from monitor.sources import AudioBlock, BlockQueue, Source
 from tests import plugins
-from tests.helpers import SR, machine_audio, make_tiny_bundle
+from tests.helpers import SR, machine_audio, make_noise_classifier_bundle, make_tiny_bundle, noisy_pair_audio
 
 CPU = PipelineConfig(device="cpu")
 
@@ -372,3 +372,159 @@ def test_a_window_level_feature_is_scored_from_each_windows_audio(tmp_path):
         assert len(ups) == (x.size - window) // hop + 1
         np.testing.assert_allclose([u.time for u in ups], [1000.0 + e / SR for e in ends], atol=1e-6)
         np.testing.assert_allclose([u.score for u in ups], b.score_wavs([x[e - window : e] for e in ends]), rtol=1e-5)
+
+
+# -- the noise classifier ------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def noise_bundle(tmp_path_factory: pytest.TempPathFactory) -> Bundle:
+    return load_bundle(make_noise_classifier_bundle(tmp_path_factory.mktemp("noise") / "cls"), device="cpu")
+
+
+def window_ends(ups, t0: float = 1000.0) -> list[int]:
+    """Each score event's window end, in samples of its source's stream (the audio clock started at `t0`)."""
+    return [int(round((u.time - t0) * SR)) for u in ups]
+
+
+def latest_noise(noise: Bundle, x: np.ndarray, ends: list[int]) -> list[float | None]:
+    """What the pipeline must attach at each window end: the score of the newest classifier window ending by then,
+    from a second stream scorer fed the same audio in one go (None before its first window)."""
+    ref = noise.stream_scorer(1, noise.window_seconds, noise.hop_seconds).accept([x])[0]
+    return [next((s for e, s in reversed(ref) if e <= end), None) for end in ends]
+
+
+def noise_span(noise: Bundle) -> int:
+    """Samples of one classifier window (W vectors)."""
+    f = noise.feature
+    return (f.n_vectors(int(round(noise.window_seconds * SR))) - 1) * f.hop_samples + f.span_samples
+
+
+def test_score_events_carry_the_classifiers_score_of_the_same_audio(bundle, noise_bundle):
+    clean, noisy = noisy_pair_audio(3.0, seed=31)
+    signals = {"clean": clean, "noisy": noisy}
+    pipe, _, _ = pipeline_with(bundle, list(signals), noise=noise_bundle)
+    events = run_ticks(pipe, {n: blocks_of(x, [1, 777, 3000, 64]) for n, x in signals.items()})
+    assert pipe.noise_model == "lstm_classifier"
+    for name, x in signals.items():
+        ups = [e for e in events if isinstance(e, ScoreUpdate) and e.source == name]
+        assert len(ups) >= 5
+        got, ends = [u.noise for u in ups], window_ends(ups)
+        assert None not in got  # the two windows end together: 1 s of the same frames
+        np.testing.assert_allclose(got, latest_noise(noise_bundle, x, ends), rtol=1e-5)
+        span = noise_span(noise_bundle)  # and offline, `score_wavs` on each window's samples
+        np.testing.assert_allclose(got[:3], noise_bundle.score_wavs([x[e - span : e] for e in ends[:3]]), rtol=1e-5)
+    assert max(u.noise for u in events if isinstance(u, ScoreUpdate) and u.source == "clean") < 0.5
+    assert min(u.noise for u in events if isinstance(u, ScoreUpdate) and u.source == "noisy") > 0.5
+
+
+def test_noise_is_none_before_the_classifiers_first_window_and_without_one(bundle, noise_bundle):
+    x = machine_audio(2.0, seed=3)
+    pipe = Pipeline(lambda e: None, settings=CPU, noise=noise_bundle)
+    pipe.add_source(StubSource("a", BlockQueue(4), lambda e: None), bundle, window_seconds=0.5, hop_seconds=0.25)
+    ups = [e for e in run_ticks(pipe, {"a": blocks_of(x, [2000])}) if isinstance(e, ScoreUpdate)]
+    got, want = [u.noise for u in ups], latest_noise(noise_bundle, x, window_ends(ups))
+    assert got[0] is None and got[-1] is not None  # 0.5 s detector windows start before the 1 s classifier's
+    assert [g is None for g in got] == [w is None for w in want]
+    np.testing.assert_allclose([g for g in got if g is not None], [w for w in want if w is not None], rtol=1e-5)
+    plain, _, _ = pipeline_with(bundle, ["a"])
+    assert {e.noise for e in plain.process({"a": blocks_of(x, [SR])}) if isinstance(e, ScoreUpdate)} == {None}
+
+
+def test_the_classifier_scores_all_sources_of_all_groups_in_one_call_per_tick(bundle, window_bundle, noise_bundle):
+    pipe = Pipeline(lambda e: None, settings=CPU, noise=noise_bundle)
+    for name, b in (("a", bundle), ("b", bundle), ("c", window_bundle)):
+        pipe.add_source(StubSource(name, BlockQueue(4), lambda e: None), b)
+    calls = []
+    scorer = pipe._noise.scorer
+    real = scorer.accept
+    scorer.accept = lambda chunks: calls.append(sum(c is not None for c in chunks)) or real(chunks)
+    feeds = {n: blocks_of(machine_audio(2.0, seed), [SR // 2]) for seed, n in enumerate("abc")}
+    events = run_ticks(pipe, feeds)
+    assert calls == [3] * 4  # one call per tick, every source in it
+    assert all(e.noise is not None for e in events if isinstance(e, ScoreUpdate))
+
+
+def test_a_gap_restarts_the_classifiers_stream_too(bundle, noise_bundle):
+    pipe, _, _ = pipeline_with(bundle, ["a"], noise=noise_bundle)
+    first, second = noisy_pair_audio(1.5, seed=7)[1], machine_audio(2.0, 8)
+    blocks = blocks_of(first, [2000]) + blocks_of(second, [2000], t0=1000.0 + first.size / SR)
+    blocks[len(blocks_of(first, [2000]))].gap = True
+    ups = [e for e in pipe.process({"a": blocks}) if isinstance(e, ScoreUpdate)]
+    n_first = window_count(bundle, first.size)
+    after = ups[n_first:]
+    assert after and len(ups) == n_first + window_count(bundle, second.size)
+    ends = window_ends(after, t0=1000.0 + first.size / SR)
+    np.testing.assert_allclose([u.noise for u in after], latest_noise(noise_bundle, second, ends), rtol=1e-5)
+
+
+def feed_and_apply(pipe: Pipeline, feeds: dict[str, list[AudioBlock]]) -> None:
+    """One tick per block index, with the statuses applied to the sources as `run()` applies them."""
+    for k in range(max(len(b) for b in feeds.values())):
+        pipe._publish(pipe.process({n: [b[k]] for n, b in feeds.items() if k < len(b)}))
+
+
+def test_noisy_is_a_status_above_the_level_and_alarms_go_on(bundle, noise_bundle):
+    out = Collected([])
+    pipe = Pipeline(out.events.append, AlarmPolicy(k=1, n=1), CPU, noise=noise_bundle, noisy_above=0.5)
+    for name in ("quiet", "loud"):
+        src = StubSource(name, BlockQueue(4), out.events.append)
+        src.state = "online"
+        pipe.add_source(src, bundle, threshold=-1.0)  # every window "exceeds": an alarm unless suppressed
+    clean, noisy = noisy_pair_audio(3.0, seed=5)
+    later = machine_audio(3.0, seed=6)  # the noise goes away: the source is online again
+    feed_and_apply(pipe, {"quiet": blocks_of(clean, [SR // 2]),
+                          "loud": blocks_of(np.concatenate([noisy, later]), [SR // 2])})
+    states = {n: [e.state for e in out.of(SourceStatus) if e.source == n] for n in ("quiet", "loud")}
+    assert states["quiet"] == []  # never noisy: it stays online
+    assert states["loud"][0] == "noisy" and states["loud"][-1] == "online"
+    [noisy_status] = [e for e in out.of(SourceStatus) if e.state == "noisy"][:1]
+    assert "noise score" in noisy_status.detail and "above 0.5" in noisy_status.detail
+    assert [e.type for e in out.of(AlarmEvent) if e.source == "loud"][:1] == ["new"]  # not suppressed by noisy
+    ups = [e for e in out.of(ScoreUpdate) if e.source == "loud"]
+    assert ups[0].noise > 0.5 and ups[-1].noise <= 0.5
+
+
+def test_silent_and_clipping_take_precedence_over_noisy(bundle, noise_bundle):
+    out = Collected([])
+    settings = PipelineConfig(device="cpu", silence_dbfs=-60.0)
+    pipe = Pipeline(out.events.append, settings=settings, noise=noise_bundle, noisy_above=0.0)  # all would be noisy
+    for name in ("silent", "clipping", "plain"):
+        src = StubSource(name, BlockQueue(4), out.events.append)
+        src.state = "online"
+        pipe.add_source(src, bundle)
+    noisy = noisy_pair_audio(2.0, seed=9)[1]
+    feed_and_apply(pipe, {"silent": blocks_of(noisy * 1e-5, [SR]),
+                          "clipping": blocks_of(np.clip(noisy * 20, -1, 1), [SR]), "plain": blocks_of(noisy, [SR])})
+    assert {e.source: e.state for e in out.of(SourceStatus)} == {"silent": "silent", "clipping": "clipping",
+                                                                "plain": "noisy"}
+
+
+def test_a_noise_model_that_is_not_a_classifier_or_at_another_rate_is_refused(tmp_path, bundle, noise_bundle):
+    with pytest.raises(ValueError, match="is a detector bundle .*not a noise classifier"):
+        Pipeline(lambda e: None, settings=CPU, noise=bundle)
+    with pytest.raises(ValueError, match="no noise classifier"):
+        Pipeline(lambda e: None, settings=CPU, noisy_above=0.5)
+    other_rate = load_bundle(make_tiny_bundle(tmp_path / "16k", sr=16000), device="cpu")
+    pipe = Pipeline(lambda e: None, settings=CPU, noise=noise_bundle)
+    with pytest.raises(ValueError, match="takes 8000 Hz audio, but .* scores at 16000 Hz"):
+        pipe.add_source(StubSource("a", BlockQueue(4), lambda e: None), other_rate)
+    assert pipe.noise_problem(bundle) is None
+
+
+def test_a_failing_classifier_call_restarts_its_streams_and_scoring_goes_on(bundle, noise_bundle, monkeypatch):
+    pipe, _, _ = pipeline_with(bundle, ["a"], noise=noise_bundle)
+    x = machine_audio(4.0, seed=2)
+    monkeypatch.setattr(pipe._noise.scorer, "accept", lambda chunks: 1 / 0)
+    events = pipe.process({"a": blocks_of(x[: 2 * SR], [SR])})
+    assert [(c.name, "noise classifier failed" in c.detail) for c in events if isinstance(c, CounterEvent)] == [
+        ("input_errors", True)]
+    ups = [e for e in events if isinstance(e, ScoreUpdate)]
+    assert ups and {u.noise for u in ups} == {None} and not [e for e in events if isinstance(e, SourceStatus)]
+    monkeypatch.undo()
+    more = [e for e in pipe.process({"a": blocks_of(x[2 * SR :], [SR], t0=1002.0)}) if isinstance(e, ScoreUpdate)]
+    # the classifier restarted after the failed call: its windows count from there, the detector's did not restart
+    assert more and more[-1].noise is not None
+    ends = [e - 2 * SR for e in window_ends(more)]
+    np.testing.assert_allclose([u.noise for u in more if u.noise is not None],
+                               [w for w in latest_noise(noise_bundle, x[2 * SR :], ends) if w is not None], rtol=1e-5)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import datetime as dt
 import io
 import logging
@@ -80,6 +81,23 @@ def test_score_colour_follows_threshold() -> None:
     text = console.export_text(styles=True)
     for source, ansi, score in (("low", "32", "0.2"), ("near", "33", "0.95"), ("over", "1;31", "1.3")):
         assert re.search(rf"\x1b\[{ansi}m\s*{re.escape(score)}\x1b", row(text, source)), source
+
+
+def test_the_noise_column_shows_the_noise_score_with_a_classifier_only() -> None:
+    plain, noisy_view = TuiSink(), TuiSink(noise=True)
+    for sink in (plain, noisy_view):
+        sink.publish(dataclasses.replace(update("fan", 0.42), noise=0.123))
+        sink.publish(update("pump", 0.3))  # before the classifier's first window: no noise yet
+        sink.publish(SourceStatus("valve", "noisy", "noise score 0.91 above 0.8"))
+        sink.publish(dataclasses.replace(update("valve", 0.5), noise=0.91))
+    assert "noise" not in render(plain).splitlines()[2] and "0.12" not in render(plain)
+    text = render(noisy_view)
+    assert "noise" in text.splitlines()[2]  # the header row of the table
+    assert "0.12" in row(text, "fan") and "0.91" in row(text, "valve") and "noisy" in row(text, "valve")
+    assert re.search(r"0\.3 / 1\s+│\s+-\s+│", row(text, "pump"))
+    console = Console(record=True, width=160, file=io.StringIO(), color_system="standard", force_terminal=True)
+    console.print(noisy_view.render())
+    assert re.search(r"\x1b\[33m\s*0\.91\x1b", row(console.export_text(styles=True), "valve"))  # yellow: noisy
 
 
 async def test_live_start_and_close_on_a_non_tty_console() -> None:
