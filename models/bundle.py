@@ -127,8 +127,15 @@ class Bundle:
         for feature in [b.feature for b in self.ordered_members()] if self.members else [self.feature]:
             feature.check_lengths(wavs)
 
-    def check_stream(self, machine_id: str | None) -> None:
-        """BundleError when this bundle cannot score a live audio stream of `machine_id` (the monitor's check)."""
+    def check_stream(self, machine_id: str | None, kind: str = "detector") -> None:
+        """BundleError when this bundle cannot score a live audio stream of `machine_id` as a bundle of `kind` (the
+        monitor's check: a source's bundle is a detector, the noise classifier a classifier)."""
+        if self.kind != kind:
+            hint = {"denoiser": "a denoiser scores nothing: train a detector with it as its first stage "
+                                "(lstm_denoiser)",
+                    "classifier": "a noise classifier goes to --noise-bundle (noise.bundle), beside a detector"}
+            raise BundleError(f"{self.path}: a {self.kind} bundle ({self.name}), not a {kind}; "
+                              f"{hint.get(self.kind, 'give a detector bundle')}")
         if self.input_kind != "audio":
             raise BundleError(f"{self.path}: scores pre-computed {self.feature.kind}, not audio "
                               "(score its files with `asd-offline score`)")

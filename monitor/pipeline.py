@@ -231,7 +231,7 @@ class Pipeline:
             return None
         noise = self._noise.bundle
         try:
-            noise.check_stream(machine_id)
+            noise.check_stream(machine_id, kind="classifier")
         except ValueError as exc:
             return f"noise classifier {noise.path} cannot score the source: {exc}"
         if noise.sample_rate != bundle.sample_rate:

@@ -203,6 +203,14 @@ def test_bundles_that_cannot_score_the_sources_are_start_up_errors(tmp_path, cap
     vectors = fit_bundle(tmp_path / "vec", vec, rows[:6], None, rows[6:], None, machine="v")
     rc, _ = run_cli(tmp_path, "--bundle", str(vectors), "--replay", str(x))
     assert rc == 2 and "not audio" in capsys.readouterr().err
+    # a noise model where a detector belongs says where it goes instead
+    from tests.helpers import make_denoiser_bundle
+
+    for path, needle in ((make_denoiser_bundle(tmp_path / "den"), "a denoiser scores nothing"),
+                         (make_noise_classifier_bundle(tmp_path / "cls"), "goes to --noise-bundle")):
+        rc, _ = run_cli(tmp_path, "--bundle", str(path), "--replay", str(x))
+        err = capsys.readouterr().err
+        assert rc == 2 and "not a detector" in err and needle in err
 
 
 def test_a_noise_bundle_puts_the_noise_score_on_every_score_and_marks_noisy_sources(tmp_path, bundle_dir, noise_dir,
