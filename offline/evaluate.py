@@ -101,7 +101,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"report: {args.out}")
         return 0
     results = evaluate(
-        args.data, args.bundles, args.out, split=args.split, device=args.device, batch_size=args.batch_size,
+        args.data, loaded, args.out, split=args.split, device=args.device, batch_size=args.batch_size,
         chance_seed=args.chance_seed, plots=not args.no_plots,
     )
     report.print_summary(results, title=f"AUC / pAUC on {args.data} ({args.split})")
@@ -121,14 +121,17 @@ def bundle_arg(text: str) -> tuple[str | None, Path]:
     return (m.group(1), Path(m.group(2))) if m else (None, Path(text))
 
 
-def _load_bundles(entries: Sequence[tuple[str | None, Path] | Path | str], device: str
-                  ) -> list[tuple[str, Path, "Bundle"]]:
-    """(row label, path, bundle) for each `--bundle`; a label (default: the model name) names one bundle per
-    machine type."""
+def _load_bundles(entries: Sequence[tuple[str | None, Path] | tuple[str, Path, "Bundle"] | Path | str],
+                  device: str) -> list[tuple[str, Path, "Bundle"]]:
+    """(row label, path, bundle) for each `--bundle` (or already loaded triple); a label (default: the model name)
+    names one bundle per machine type."""
     from models.bundle import load_bundle
 
     loaded = []
     for entry in entries:
+        if isinstance(entry, tuple) and len(entry) == 3:  # already loaded (`run` looks at the kinds first)
+            loaded.append(entry)
+            continue
         label, path = entry if isinstance(entry, tuple) else bundle_arg(str(entry))
         b = load_bundle(path, device=device)
         loaded.append((label or b.name, Path(path), b))
@@ -279,7 +282,7 @@ def model_metrics(machines: dict[str, MachineScores], kind: str) -> dict[str, An
 
 def evaluate(
     data: Path,
-    bundle_paths: Sequence[tuple[str | None, Path] | Path | str],
+    bundle_paths: Sequence[tuple[str | None, Path] | tuple[str, Path, "Bundle"] | Path | str],
     out: Path,
     *,
     split: str = "test",

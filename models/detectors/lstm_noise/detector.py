@@ -32,8 +32,9 @@ from models.detectors.base import (
     Detector,
     check_clips,
     check_state,
-    crop_starts,
+    crops_of,
     register,
+    split_scores,
     standardizer,
 )
 from models.detectors.lstm_noise.network import LstmState, MelLstm
@@ -169,17 +170,14 @@ class LstmClassifier(_LstmNoiseModel):
         it)."""
         self._check_fitted()
         checked = self._standardise(check_clips(clips, dim=self.dim_, what=f"{self.name}.score clips"))
-        by_length: dict[int, list[tuple[int, torch.Tensor]]] = {}
+        by_length: dict[int, list[int]] = {}
         for i, c in enumerate(checked):
-            T = min(int(self.seq_frames), c.shape[0])
-            by_length.setdefault(T, []).extend((i, c[s : s + T]) for s in crop_starts(c.shape[0], T))
-        sums, counts = np.zeros(len(checked)), np.zeros(len(checked))
-        for T, crops in by_length.items():  # one batched call per crop length
-            p = torch.sigmoid(self.net_.last(torch.stack([x for _, x in crops]))[:, 0]).double().numpy()
-            for (i, _), v in zip(crops, p):
-                sums[i] += v
-                counts[i] += 1
-        return sums / counts
+            by_length.setdefault(min(int(self.seq_frames), c.shape[0]), []).append(i)
+        out = np.empty(len(checked), dtype=np.float64)
+        for T, idx in by_length.items():  # one batched call per crop length
+            crops, counts = crops_of([checked[i] for i in idx], T)
+            out[idx] = split_scores(torch.sigmoid(self.net_.last(torch.stack(crops))[:, 0]), counts)
+        return out
 
 
 class _DenoiserStep(Step):
