@@ -502,8 +502,9 @@ class MemberGroup:
     the feature is computed once for all of them, and each window's score is the ensemble's partial combination of
     their normalised scores (`ScoreEnsemble.partial`)."""
 
-    vector_level = False  # what StreamScorer reads of a chain: window mode, no leading vector stages
+    vector_level = False  # what StreamScorer reads of a chain: window mode, no leading causal or vector stages
     vector_stages: list["Stage"] = []
+    causal_stages: list["Stage"] = []  # members with one are refused in __init__
 
     def __init__(self, ensemble: Detector, chains: Sequence[Chain], positions: Sequence[int]) -> None:
         self.detector = ensemble  # what StreamScorer checks machine ids against (members are checked by the bundle)
@@ -511,6 +512,9 @@ class MemberGroup:
         if any(c.causal_stages for c in self.chains):
             raise ValueError("an ensemble member with a causal stage (lstm_denoiser) cannot be streamed yet: make "
                              "the denoised detector a bundle of its own")
+
+    def after_causal(self) -> "MemberGroup":
+        return self
 
     @property
     def additive(self) -> bool:
