@@ -175,6 +175,34 @@ def test_the_monitor_pipeline_streams_an_ensemble_bundle(trained: dict) -> None:
     np.testing.assert_allclose([u.score for u in ups], direct, rtol=1e-5)
 
 
+def test_with_few_clips_members_fit_on_all_and_are_normalised_by_cross_fitted_scores(trained: dict,
+                                                                                      tmp_path: Path) -> None:
+    """4 clips and holdout 0.05 would hold out one clip: too few to normalise by, so nothing is held out and each
+    member's normalising scores are its out-of-fold scores of the 4 clips (a copy fitted on the other folds)."""
+    from models.training.recipe import _featurise, build_spec, cross_fitted_scores
+
+    clips = load_clips(trained["data"])[:4]
+    members = [{"name": "forest", "model": "iforest", "config": {"params": {"n_estimators": 20}}},
+               {"name": "svm", "model": "ocsvm"}]
+    cfg = {**trained["config"], "holdout": 0.05, "params": {"members": members}}
+    b = load_bundle(train_bundle(clips, "ensemble", "fan", tmp_path / "few", cfg, device="cpu", progress=False),
+                    device="cpu")
+    training = b.meta["training"]
+    assert training["normalising_scores"] == "cross-fitted" and training["n_normalising_clips"] == 4
+    assert training["n_member_fit_clips"] == 4
+    expected = []
+    for m in members:
+        def rebuild(m: dict = m) -> object:
+            return build_spec(m["model"], {**m.get("config", {}), "threshold": cfg["threshold"]})
+
+        feats = _featurise(clips, rebuild().feature, torch.device("cpu"), False)[0]
+        expected.append(cross_fitted_scores(rebuild, feats, [c.id for c in clips], cfg["seed"]))
+    np.testing.assert_allclose(b.detector.reference_.double().numpy(),  # each member's scores, sorted
+                               np.sort(np.stack(expected, axis=1), axis=0), rtol=1e-5)
+    for m in b.ordered_members():  # fitted on all 4, thresholded on their cross-fitted scores
+        assert m.meta["training"]["n_fit_clips"] == 4 and m.meta["training"]["threshold_scores"] == "cross-fitted"
+
+
 def test_ensemble_errors_are_clear(trained: dict, tmp_path: Path) -> None:
     clips, cfg = load_clips(trained["data"]), trained["config"]
     one = {**cfg, "params": {"members": [{"model": "iforest"}]}}
@@ -186,9 +214,9 @@ def test_ensemble_errors_are_clear(trained: dict, tmp_path: Path) -> None:
     nested = {**cfg, "params": {"members": [{"model": "iforest"}, {"model": "ensemble"}]}}
     with pytest.raises(ValueError, match="cannot be a member"):
         train_bundle(clips, "ensemble", "fan", tmp_path / "x", nested)
-    few = {**cfg, "holdout": 0.05, "params": {"members": [{"model": "iforest"}, {"model": "ocsvm"}]}}
-    with pytest.raises(ValueError, match="raise `holdout`"):
-        train_bundle(clips, "ensemble", "fan", tmp_path / "x", few)
+    pair = {**cfg, "params": {"members": [{"model": "iforest"}, {"model": "ocsvm"}]}}
+    with pytest.raises(ValueError, match="at least 2"):
+        train_bundle(clips[:1], "ensemble", "fan", tmp_path / "x", pair)
     broken = tmp_path / "broken"
     shutil.copytree(trained["path"], broken)
     shutil.rmtree(broken / "members" / "svm")
