@@ -174,7 +174,7 @@ def run_detector(entry: str, units: Sequence[Unit], seed: int, level: str, epoch
         bundle = load_bundle(out, device="cpu")
         for k in group:
             tests = test_clips(units[k], k, seed)
-            wavs = [audio(p, bundle.feature.sample_rate) for p in tests]
+            wavs = [audio(p, bundle.sample_rate) for p in tests]
             scores[units[k].name] = [float(s) for s in bundle.score_wavs(wavs, ids=[units[k].id] * len(wavs))]
     return label, scores, time.perf_counter() - t0
 

@@ -261,7 +261,11 @@ def cross_fitted_scores(rebuild: Callable[[], ModelSpec], feats: Sequence[torch.
         held = order[f::k]
         rest = np.setdiff1d(order, held)
         spec = rebuild()
-        chain, _ = _fit_chain(spec, [feats[i] for i in rest], None if ids is None else [ids[i] for i in rest])
+        try:
+            chain, _ = _fit_chain(spec, [feats[i] for i in rest], None if ids is None else [ids[i] for i in rest])
+        except ValueError as err:
+            raise ValueError(f"cross-fitting {spec.detector.name} ({k} folds of {n} clips, each copy fitted on "
+                             f"{rest.size}): {err}") from err
         scores[held] = chain.score_windows([feats[i] for i in held], None if ids is None else [ids[i] for i in held])
     return scores
 

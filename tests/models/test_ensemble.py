@@ -217,6 +217,9 @@ def test_ensemble_errors_are_clear(trained: dict, tmp_path: Path) -> None:
     pair = {**cfg, "params": {"members": [{"model": "iforest"}, {"model": "ocsvm"}]}}
     with pytest.raises(ValueError, match="at least 2"):
         train_bundle(clips[:1], "ensemble", "fan", tmp_path / "x", pair)
+    needs_two = {**cfg, "params": {"members": [{"model": "iforest"}, {"model": "ivector_gmm"}]}}
+    with pytest.raises(ValueError, match=r"cross-fitting ivector_gmm \(2 folds of 2 clips, each copy fitted on 1\)"):
+        train_bundle(clips[:2], "ensemble", "fan", tmp_path / "x", needs_two)
     broken = tmp_path / "broken"
     shutil.copytree(trained["path"], broken)
     shutil.rmtree(broken / "members" / "svm")
