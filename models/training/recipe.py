@@ -262,7 +262,7 @@ def cross_fitted_scores(rebuild: Callable[[], ModelSpec], feats: Sequence[torch.
         rest = np.setdiff1d(order, held)
         spec = rebuild()
         try:
-            chain, _ = _fit_chain(spec, [feats[i] for i in rest], None if ids is None else [ids[i] for i in rest])
+            chain, _ = fit_chain(spec, [feats[i] for i in rest], None if ids is None else [ids[i] for i in rest])
         except ValueError as err:
             raise ValueError(f"cross-fitting {spec.detector.name} ({k} folds of {n} clips, each copy fitted on "
                              f"{rest.size}): {err}") from err
@@ -270,7 +270,7 @@ def cross_fitted_scores(rebuild: Callable[[], ModelSpec], feats: Sequence[torch.
     return scores
 
 
-def _fit_chain(spec: ModelSpec, feats: Sequence[torch.Tensor],
+def fit_chain(spec: ModelSpec, feats: Sequence[torch.Tensor],
                ids: Sequence[str] | None) -> tuple[Chain, list[torch.Tensor]]:
     """Stages fitted in order, then the detector; returns the chain and the clips as the detector saw them."""
     feats = list(feats)
@@ -369,7 +369,7 @@ def fit_bundle(
     ids_hold = None if holdout_ids is None else [str(i) for i in holdout_ids]
     t0 = time.perf_counter()
     cpu0 = time.process_time()  # CPU time of all threads: tells a slow machine from a busy one
-    chain, transformed = _fit_chain(spec, fit, ids_fit)
+    chain, transformed = fit_chain(spec, fit, ids_fit)
     t_fit, cpu_fit = time.perf_counter() - t0, time.process_time() - cpu0
     if not distributed.is_main():
         log.info("process %d of %d: fitted; process 0 writes the bundle", distributed.rank(),
