@@ -100,6 +100,23 @@ class Bundle:
             return self.per_id_thresholds[machine_id]
         return self.threshold
 
+    def calibration_for(self, machine_id: str | None = None) -> dict[str, Any] | None:
+        """How sure the threshold `threshold_for(machine_id)` is (`models.threshold.calibration` plus `scores`, where
+        the scores came from): the id's own when it has its own threshold, else the global one. None when the
+        bundle records none for that threshold: written before calibration was recorded, or saved with a threshold
+        set by hand and no scores; for an id's own threshold, written before per-id calibration (the global one
+        would describe another number)."""
+        threshold = self.meta.get("threshold")
+        info = threshold.get("info") if isinstance(threshold, dict) else None
+        if not isinstance(info, dict):
+            return None
+        if machine_id is not None and machine_id in self.per_id_thresholds:
+            per_id = info.get("per_id_calibration")
+            found = per_id.get(machine_id) if isinstance(per_id, dict) else None
+        else:
+            found = info.get("calibration")
+        return found if isinstance(found, dict) else None
+
     def check_machine_id(self, machine_id: str | None) -> None:
         """BundleError when this bundle (or a member of it) cannot score a stream of `machine_id` (None: not said)."""
         for b in self.members.values():

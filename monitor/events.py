@@ -1,4 +1,5 @@
-"""What the pipeline tells the outside world. Sinks (MQTT, Prometheus, TUI, JSONL) consume these and nothing else.
+"""What the pipeline tells the outside world. Sinks (MQTT, Prometheus, TUI, JSONL) consume these and nothing else;
+a sink ignores the event types it has no use for (`isinstance` dispatch in its `publish`).
 
 Every event is a plain frozen dataclass with a `to_dict()` that is the JSON payload (snake_case), so the MQTT
 payload, the JSONL log and the tests all see the same fields.
@@ -90,7 +91,46 @@ class CounterEvent:
         return dataclasses.asdict(self)
 
 
-Event = Union[AlarmEvent, ScoreUpdate, SourceStatus, CounterEvent]
+# The upper end of a threshold's false-alarm-rate interval above which the threshold may alarm often on normal
+# sound (the TUI shows it in yellow, the log warns): 0.2 is twice the DCASE rule's nominal 10 %.
+HIGH_FALSE_ALARM_RATE = 0.2
+
+
+@dataclass(frozen=True)
+class ThresholdInfo:
+    """What a source's threshold rests on, once per source when the pipeline starts: a threshold set on 5 normal
+    clips is a guess, and whoever reads an alarm (or its absence) should see how sure it is.
+
+    `method`: the bundle's threshold rule (`gamma`, `percentile`, `fixed`, ...), or `configured` when the monitor's
+    configuration overrides the threshold for this source (the bundle's calibration then describes another number,
+    so every calibration field is None). `scores`: the normal scores the bundle's threshold was calibrated on
+    (`holdout`, `cross-fitted`, `training`); `false_alarm_rate`: the share of them above the threshold, with its
+    `level` (e.g. 0.95) Clopper-Pearson interval; `quantile`: the quantile of normal scores the rule estimates, with
+    its order-statistic interval (a bound None where the scores cannot give one). None where the bundle records no
+    calibration (see `models.bundle.Bundle.calibration_for`)."""
+
+    source: str
+    model: str
+    threshold: float
+    method: str
+    scores: str | None = None
+    n_scores: int | None = None
+    level: float | None = None
+    false_alarm_rate: float | None = None
+    false_alarm_rate_interval: tuple[float, float] | None = None
+    quantile: float | None = None
+    quantile_interval: tuple[float | None, float | None] | None = None
+
+    @property
+    def may_alarm_often(self) -> bool:
+        """The false-alarm rate may exceed `HIGH_FALSE_ALARM_RATE` (the upper end of its interval does)."""
+        return self.false_alarm_rate_interval is not None and self.false_alarm_rate_interval[1] > HIGH_FALSE_ALARM_RATE
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+Event = Union[AlarmEvent, ScoreUpdate, SourceStatus, CounterEvent, ThresholdInfo]
 
 
 @runtime_checkable

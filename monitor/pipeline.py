@@ -36,7 +36,7 @@ import torch
 from models.levels import CLIP_LEVEL, MAX_SAMPLE
 from monitor.alarms import AlarmTracker, uuid_ids
 from monitor.config import AlarmPolicy, PipelineConfig
-from monitor.events import AlarmEvent, CounterEvent, Event, ScoreUpdate, SourceStatus
+from monitor.events import AlarmEvent, CounterEvent, Event, ScoreUpdate, SourceStatus, ThresholdInfo
 from monitor.sources import AudioBlock, Source
 
 if TYPE_CHECKING:
@@ -102,6 +102,7 @@ class _Slot:
     source: Source
     index: int  # stream index in the group's scorer
     tracker: AlarmTracker
+    threshold_info: ThresholdInfo
     resampler: StreamResampler | None = None
     fed: int = 0  # samples given to the scorer since its stream was last reset (window ends count in these)
     state: str | None = None  # the source's state as this tick has left it (statuses are applied on the loop)
@@ -196,9 +197,10 @@ class Pipeline:
     ) -> None:
         """Score `source` with `bundle`; sources with the same bundle object (and window) are batched together.
 
-        Window and hop: the arguments, else the pipeline settings, else the bundle's. The threshold: the argument,
-        else the bundle's for the source's machine id. A bundle that cannot score this source (it needs a machine
-        id the source does not give, or it takes pre-computed vectors, not audio) is a ValueError."""
+        Window and hop: the arguments, else the pipeline settings, else the bundle's. The threshold: the argument
+        (the configuration's override, `configured` in the source's ThresholdInfo), else the bundle's for the
+        source's machine id. A bundle that cannot score this source (it needs a machine id the source does not
+        give, or it takes pre-computed vectors, not audio) is a ValueError."""
         if source.name in self._slots:
             raise ValueError(f"duplicate source name {source.name!r}")
         bundle.check_stream(source.machine_id)
@@ -217,7 +219,8 @@ class Pipeline:
             group = self._groups[key] = _Group(bundle, scorer)
         thr = float(bundle.threshold_for(source.machine_id) if threshold is None else threshold)
         tracker = AlarmTracker(source.name, bundle.name, thr, self.policy, self.new_id)
-        slot = _Slot(source, group.scorer.add_stream(source.machine_id), tracker)
+        info = threshold_info(source.name, bundle, thr, source.machine_id, configured=threshold is not None)
+        slot = _Slot(source, group.scorer.add_stream(source.machine_id), tracker, info)
         if self._noise is not None:
             slot.noise_index = self._noise.scorer.add_stream(source.machine_id)
         group.slots.append(slot)
@@ -253,7 +256,9 @@ class Pipeline:
     # -- the loop ----------------------------------------------------------------------------------------------------
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Tick until `stop` is set or every source has ended (each ended source's alarm is closed as it ends)."""
+        """Announce every source's threshold (a ThresholdInfo each, before any score), then tick until `stop` is set
+        or every source has ended (each ended source's alarm is closed as it ends)."""
+        self._publish([slot.threshold_info for _, slot in self._slots.values()])
         while not stop.is_set():
             waiter = asyncio.ensure_future(self.wake.wait())
             stopper = asyncio.ensure_future(stop.wait())
@@ -493,6 +498,37 @@ class Pipeline:
         )
         events += alarm_events
         return events
+
+
+def threshold_info(source: str, bundle: "Bundle", threshold: float, machine_id: str | None,
+                   configured: bool = False) -> ThresholdInfo:
+    """The ThresholdInfo of a source scored by `bundle` against `threshold`: the bundle's calibration of its
+    threshold for `machine_id`, or none for a `configured` one (the bundle's describes another number). Fields the
+    bundle's JSON has in another shape are left unknown rather than guessed."""
+    if configured:
+        return ThresholdInfo(source, bundle.name, threshold, "configured")
+    cal = bundle.calibration_for(machine_id) or {}
+
+    def number(value: object) -> float | None:
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+        return float(value) if ok else None
+
+    def pair(value: object) -> tuple[float | None, float | None] | None:
+        return (number(value[0]), number(value[1])) if isinstance(value, list) and len(value) == 2 else None
+
+    lo, hi = pair(cal.get("false_alarm_rate_interval")) or (None, None)
+    n_scores = number(cal.get("n_scores"))
+    scores = cal.get("scores")
+    return ThresholdInfo(
+        source, bundle.name, threshold, bundle.threshold_method,
+        scores=scores if isinstance(scores, str) else None,
+        n_scores=None if n_scores is None else int(n_scores),
+        level=number(cal.get("level")),
+        false_alarm_rate=number(cal.get("false_alarm_rate")),
+        false_alarm_rate_interval=None if lo is None or hi is None else (lo, hi),
+        quantile=number(cal.get("quantile")),
+        quantile_interval=pair(cal.get("quantile_interval")),
+    )
 
 
 def _take_noise(slot: _Slot, end: int | None) -> None:

@@ -36,6 +36,18 @@ def make_tiny_bundle(out: Path, window_seconds: float = 1.0, hop_seconds: float 
                        window_seconds=window_seconds, hop_seconds=hop_seconds)
 
 
+def calibrated_info(source: str, scores: list[float], threshold: float, model: str = "dcase_ae"):
+    """The ThresholdInfo of a gamma threshold calibrated on cross-fitted `scores`, as a bundle records it
+    (`models.threshold.calibration`)."""
+    from models.threshold import calibration
+    from monitor.events import ThresholdInfo
+
+    cal = calibration(scores, threshold, 0.9)
+    return ThresholdInfo(source, model, threshold, "gamma", "cross-fitted", cal["n_scores"], cal["level"],
+                         cal["false_alarm_rate"], tuple(cal["false_alarm_rate_interval"]), cal["quantile"],
+                         tuple(cal["quantile_interval"]))
+
+
 def noisy_pair_audio(seconds: float, seed: int, snr_db: float = 0.0, sr: int = SR) -> tuple[np.ndarray, np.ndarray]:
     """(clean, noisy): `machine_audio` and the same samples with brown-ish background noise at `snr_db`."""
     from offline.datasets.pairs import mix_at_snr

@@ -361,7 +361,9 @@ def fit_bundle(
     `cross_fitted_scores`) when given; write the bundle.
 
     Per-id thresholds are set for every id with enough held-out clips when `spec.per_id_thresholds` (an id
-    without gets the global one): machine ids of one type often score on different scales.
+    without gets the global one): machine ids of one type often score on different scales. Each threshold's
+    calibration (`models.threshold.calibration`) goes beside it: `info["calibration"]` for the global one,
+    `info["per_id_calibration"][id]` for an id's own.
     """
     fit = list(fit)
     holdout = list(holdout)
@@ -389,7 +391,8 @@ def fit_bundle(
                     "alarms until the model is retrained on more normal clips", len(scores), source)
     threshold, info = fit_threshold(scores, **threshold_spec)
     info["calibration"] = {**calibration(scores, threshold, _nominal_quantile(threshold_spec)), "scores": source}
-    per_id = _per_id_thresholds(scores, scored_ids, spec) if spec.per_id_thresholds else {}
+    per_id, info["per_id_calibration"] = (_per_id_thresholds(scores, scored_ids, spec, source)
+                                          if spec.per_id_thresholds else ({}, {}))
 
     history = getattr(spec.detector, "history_", None) or []
     used_ids = sorted(set(ids_fit or []) | set(ids_hold or []))
@@ -435,11 +438,15 @@ def _nominal_quantile(spec: dict[str, Any]) -> float | None:
     return None
 
 
-def _per_id_thresholds(scores: np.ndarray, ids: Sequence[str] | None, spec: ModelSpec) -> dict[str, float]:
+def _per_id_thresholds(scores: np.ndarray, ids: Sequence[str] | None, spec: ModelSpec,
+                       source: str) -> tuple[dict[str, float], dict[str, dict[str, Any]]]:
+    """Each id's own threshold (from its own scores, by the global rule) and its calibration on those scores
+    (`source`: where the scores came from), so that how sure a per-id threshold is can be read beside it."""
     if ids is None or spec.threshold["method"] == "fixed" or len(set(ids)) < 2:
-        return {}
+        return {}, {}
     need = MIN_GAMMA_SCORES if spec.threshold["method"] == "gamma" else 1
-    out: dict[str, float] = {}
+    thresholds: dict[str, float] = {}
+    calibrations: dict[str, dict[str, Any]] = {}
     for ident in sorted(set(ids)):
         own = np.asarray([s for s, i in zip(scores, ids) if i == ident])
         if own.size < need:
@@ -447,7 +454,10 @@ def _per_id_thresholds(scores: np.ndarray, ids: Sequence[str] | None, spec: Mode
                      own.size)
             continue
         try:
-            out[ident] = fit_threshold(own, **spec.threshold)[0]
+            thresholds[ident] = fit_threshold(own, **spec.threshold)[0]
         except ValueError as exc:  # e.g. all equal: the global threshold still holds
             log.info("id %s: no threshold of its own (%s); it uses the global one", ident, exc)
-    return out
+            continue
+        calibrations[ident] = {**calibration(own, thresholds[ident], _nominal_quantile(spec.threshold)),
+                               "scores": source}
+    return thresholds, calibrations

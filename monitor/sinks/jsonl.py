@@ -1,8 +1,9 @@
-"""JSONL sink: an append-only local record of alarms and source health, one JSON object per line.
+"""JSONL sink: an append-only local record of alarms, source health and each source's threshold at start, one JSON
+object per line.
 
-Each line is the event's `to_dict()` plus `"kind"` (`alarm`, `status`, `score`, `counter`) so that a reader can
-tell SourceStatus from ScoreUpdate without guessing from the fields. The file is line-buffered: every complete
-line reaches the OS at once, so a crash loses at most the line being written and `tail -f` works.
+Each line is the event's `to_dict()` plus `"kind"` (`alarm`, `status`, `score`, `counter`, `threshold`) so that a
+reader can tell SourceStatus from ScoreUpdate without guessing from the fields. The file is line-buffered: every
+complete line reaches the OS at once, so a crash loses at most the line being written and `tail -f` works.
 Scores are left out unless asked for (they are many per second).
 """
 
@@ -14,11 +15,12 @@ import math
 from pathlib import Path
 from typing import IO, Any
 
-from monitor.events import AlarmEvent, CounterEvent, Event, ScoreUpdate, SourceStatus
+from monitor.events import AlarmEvent, CounterEvent, Event, ScoreUpdate, SourceStatus, ThresholdInfo
 
 log = logging.getLogger(__name__)
 
-_KINDS: dict[type, str] = {AlarmEvent: "alarm", SourceStatus: "status", ScoreUpdate: "score", CounterEvent: "counter"}
+_KINDS: dict[type, str] = {AlarmEvent: "alarm", SourceStatus: "status", ScoreUpdate: "score", CounterEvent: "counter",
+                           ThresholdInfo: "threshold"}
 
 
 class JsonlSink:

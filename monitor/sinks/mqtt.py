@@ -8,20 +8,22 @@ Topics (base `asd/<node>`):
   events              JSON of AlarmEvent.to_dict() (qos 1, not retained)
   <source>/score      JSON of ScoreUpdate.to_dict() (with `noise`, the noise classifier's score, null without one), at
                       most once per `score_interval` per source
+  <source>/threshold  JSON of ThresholdInfo.to_dict(): the threshold and how sure it is, once at start (retained)
 
 Retained state survives the daemon and the broker: on every connect (the first, and each reconnect after a broker
 restart, which without persistence forgets retained messages) the sink publishes `online`, the discovery configs
-and the last retained `status` and `alarm` of every source, as Frigate republishes its state topics. Configured
-sources start as alarm `OFF`: no alarm is open when a run starts, so a retained `ON` left by a killed run is
-replaced on the first connect (`monitor.journal` also sends that alarm's `end` event).
+and the last retained `status`, `alarm` and `threshold` of every source, as Frigate republishes its state topics.
+Configured sources start as alarm `OFF`: no alarm is open when a run starts, so a retained `ON` left by a killed run
+is replaced on the first connect (`monitor.journal` also sends that alarm's `end` event).
 
 Home Assistant discovery (`ha_discovery`): the node is a device with a `monitor` connectivity entity (from
 `availability`); each source is a device of its own (so machines can sit in their own areas), linked to the node
 with `via_device`, with an `anomaly` problem entity, an `audio input` connectivity entity from `<source>/status`
-and an `anomaly score` sensor that expires after `ha_expire_after` seconds without a score (with a noise classifier,
-`noise=True`, also a `noise score` sensor from the same topic). Ids are `ha_id`
-encodings, one to one. On every connect the sink subscribes to this node's retained configs and empties those no
-configured source publishes (removed sources, and the one-device-per-node scheme before this one).
+and an `anomaly score` sensor that expires after `ha_expire_after` seconds without a score, with the threshold's
+metadata (`<source>/threshold`) as its attributes (with a noise classifier, `noise=True`, also a `noise score`
+sensor from the score topic). Ids are `ha_id` encodings, one to one. On every connect the sink subscribes to this
+node's retained configs and empties those no configured source publishes (removed sources, and the
+one-device-per-node scheme before this one).
 
 `publish()` only appends to a bounded outbox; one task owns the connection, reconnects with back-off and drains
 the outbox in order. A message leaves the outbox only once the broker has acknowledged it, so a broker restart
@@ -51,7 +53,7 @@ from typing import Any, Callable, Iterable
 import aiomqtt
 from models.runtime import own_version
 from monitor.config import MqttSettings
-from monitor.events import AlarmEvent, CounterEvent, Event, ScoreUpdate, SourceStatus
+from monitor.events import AlarmEvent, CounterEvent, Event, ScoreUpdate, SourceStatus, ThresholdInfo
 from monitor.sinks.jsonl import json_safe
 
 log = logging.getLogger(__name__)
@@ -125,7 +127,7 @@ class MqttSink:
         self._task: asyncio.Task[None] | None = None
         self._sources: dict[str, str] = {}  # topic-safe name -> original name, in order of appearance
         self._last_score: dict[str, float] = {}
-        self._retained: dict[str, _Message] = {}  # topic -> the last retained status/alarm message queued for it
+        self._retained: dict[str, _Message] = {}  # topic -> the last retained status/alarm/threshold message queued
         self._node_uid = f"asd-{ha_id(self.node)}"  # HA node id and unique-id prefix
         self._legacy_node_id = _ID_UNSAFE.sub("_", f"asd_{self.node}").strip("_")  # before 0.2: removed on sight
         self._origin = {"name": "asd-monitor", "sw_version": own_version()}
@@ -188,6 +190,10 @@ class MqttSink:
             self._last_score[event.source] = now
             topic = self.topic(event.source, "score")
             self._enqueue(_Message(topic, _json(event.to_dict()), 0, False, is_score=True))
+        elif isinstance(event, ThresholdInfo):
+            self._announce(event.source)
+            self._enqueue(_Message(self.topic(event.source, "threshold"), _json(event.to_dict()), self.settings.qos,
+                                   True))
 
     async def close(self) -> None:
         """Deliver what is queued, publish `offline` retained, then disconnect. A broker that is down is retried
@@ -300,9 +306,10 @@ class MqttSink:
     def _discovery_messages(self, source: str) -> list[_Message]:
         """One HA device per monitored machine (source), linked to the node's device, with three entities: the
         alarm (problem), the audio input's health from `<source>/status` (connectivity: an unplugged microphone
-        shows as disconnected, not as a quiet machine), and the score (expires when scores stop coming); with a
-        noise classifier a fourth, the noise score (0..1, from the same messages; `None`, HA's unknown, before the
-        classifier's first window)."""
+        shows as disconnected, not as a quiet machine), and the score (expires when scores stop coming; its
+        attributes are the threshold's metadata from `<source>/threshold`, retained and sent once per run, so they
+        cost HA's recorder nothing per score); with a noise classifier a fourth, the noise score (0..1, from the
+        same messages; `None`, HA's unknown, before the classifier's first window)."""
         source_id = ha_id(source)
         availability = {"availability_topic": self.availability_topic, "payload_available": "online",
                         "payload_not_available": "offline"}
@@ -336,12 +343,13 @@ class MqttSink:
             "unique_id": f"{self._node_uid}-{source_id}-score",
             "state_topic": self.topic(source, "score"),
             "value_template": "{{ value_json.score }}",
+            "json_attributes_topic": self.topic(source, "threshold"),
             "state_class": "measurement",
             "expire_after": self.settings.ha_expire_after,
             "icon": "mdi:waveform",
         }
         noise = {
-            **score,
+            **{k: v for k, v in score.items() if k != "json_attributes_topic"},  # the threshold is the score's
             "name": "noise score",
             "unique_id": f"{self._node_uid}-{source_id}-noise",
             "value_template": "{{ value_json.noise }}",
@@ -359,8 +367,8 @@ class MqttSink:
             await self._send(client, message)
 
     async def _publish_retained(self, client: aiomqtt.Client) -> None:
-        """Every source's last retained status and alarm, except where the outbox holds a newer one: the outbox
-        is drained next and ends on the latest state."""
+        """Every source's last retained status, alarm and threshold, except where the outbox holds a newer one: the
+        outbox is drained next and ends on the latest state."""
         pending = {m.topic for m in self._outbox if m.retain}
         for message in list(self._retained.values()):
             if message.topic not in pending:

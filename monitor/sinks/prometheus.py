@@ -8,6 +8,11 @@ Labels are `source` and `model` (both bounded by the configuration); sink errors
 Every configured source's series exist from start-up (counters at 0, `asd_source_state` with each state): a rule
 or panel over `increase(asd_alarms_total[...])` then sees the first alarm, and a source that never delivered audio
 is listed rather than absent. The process collector adds `process_*` (CPU, memory, open files, start time).
+
+How sure each source's threshold is comes once, at start (ThresholdInfo): `asd_threshold_false_alarm_rate` with
+`bound` `estimate`, `low` and `high` (the share of the bundle's normal calibration scores above the threshold, and
+its interval) and `asd_threshold_calibration_scores` (how many scores). A source without a calibration (an older
+bundle, or a threshold set in the monitor's configuration) has no such series: no made-up number.
 """
 
 from __future__ import annotations
@@ -29,7 +34,7 @@ from prometheus_client import (
 )
 
 from models.runtime import own_version
-from monitor.events import AlarmEvent, CounterEvent, Event, ScoreUpdate, SourceState, SourceStatus
+from monitor.events import AlarmEvent, CounterEvent, Event, ScoreUpdate, SourceState, SourceStatus, ThresholdInfo
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +73,13 @@ class PrometheusSink:
                            sm, registry=r)
         self.threshold = Gauge("asd_anomaly_threshold", "Score above which a window counts as anomalous.",
                                sm, registry=r)
+        self.false_alarm_rate = Gauge("asd_threshold_false_alarm_rate",
+                                      "Share (0..1) of the normal calibration scores above the threshold (bound="
+                                      "estimate), with the low and high ends of its confidence interval.",
+                                      [*sm, "bound"], registry=r)
+        self.calibration_scores = Gauge("asd_threshold_calibration_scores",
+                                        "Normal scores the threshold's false-alarm rate was estimated from.", sm,
+                                        registry=r)
         self.alarm_active = Gauge("asd_alarm_active", "1 while an alarm is open for the source, else 0.",
                                   sm, registry=r)
         self.alarms = Counter("asd_alarms", "Alarms raised.", sm, registry=r)
@@ -170,6 +182,15 @@ class PrometheusSink:
             self.source_up.labels(event.source).set(1.0 if event.state in UP_STATES else 0.0)
             for state in STATES:
                 self.source_state.labels(event.source, state).set(1.0 if state == event.state else 0.0)
+        elif isinstance(event, ThresholdInfo):
+            labels = (event.source, event.model)
+            self.threshold.labels(*labels).set(event.threshold)
+            if event.false_alarm_rate is not None and event.false_alarm_rate_interval is not None:
+                low, high = event.false_alarm_rate_interval
+                for bound, value in (("estimate", event.false_alarm_rate), ("low", low), ("high", high)):
+                    self.false_alarm_rate.labels(*labels, bound).set(value)
+            if event.n_scores is not None:
+                self.calibration_scores.labels(*labels).set(event.n_scores)
         elif isinstance(event, CounterEvent):
             if event.name == "sink_errors":
                 self.sink_errors.labels(event.labels.get("sink", event.source)).inc(event.amount)

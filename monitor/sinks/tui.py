@@ -1,5 +1,11 @@
-"""Terminal view (rich Live): one row per source with level, score vs threshold, the noise score (with a noise
-classifier), a sparkline, alarm state, drops and status, under a header with model, device, lag and uptime.
+"""Terminal view (rich Live): one row per source with level, score vs threshold, how sure the threshold is, the
+noise score (with a noise classifier), a sparkline, alarm state, drops and status, under a header with model,
+device, lag and uptime.
+
+The `false alarms` column reads the source's ThresholdInfo: the share of the bundle's normal calibration scores
+above the threshold with its interval and their count (`10% [0.3-45%] n=5`), in yellow when the interval reaches
+above `monitor.events.HIGH_FALSE_ALARM_RATE` (the threshold may alarm often), `configured` for a threshold set in
+the monitor's configuration, `—` when the bundle records no calibration.
 
 The sink only keeps state folded from the events it is given and redraws it about four times a second from its
 own task; it never calls into the pipeline. `render()` builds the whole view as a renderable, so tests and other
@@ -27,7 +33,7 @@ from rich.logging import RichHandler
 from rich.table import Table
 from rich.text import Text
 
-from monitor.events import AlarmEvent, CounterEvent, Event, ScoreUpdate, SourceStatus
+from monitor.events import AlarmEvent, CounterEvent, Event, ScoreUpdate, SourceStatus, ThresholdInfo
 
 SPARK_BLOCKS = "▁▂▃▄▅▆▇█"
 SPARK_LENGTH = 30
@@ -46,6 +52,7 @@ class SourceView:
     score: float | None = None
     threshold: float | None = None
     noise: float | None = None
+    calibration: ThresholdInfo | None = None
     scores: collections.deque[float] = field(default_factory=lambda: collections.deque(maxlen=SPARK_LENGTH))
     alarm_since: float | None = None
     alarm_peak: float | None = None
@@ -85,6 +92,12 @@ def _score_style(score: float, threshold: float | None) -> str:
     if threshold > 0 and score >= NEAR_THRESHOLD * threshold:
         return "yellow"
     return "green"
+
+
+def _percent(share: float) -> str:
+    """A share (0..1) in percent, with two significant digits below 10 % (a 0.5 % bound is not 0)."""
+    value = 100 * share
+    return f"{value:.0f}" if value >= 10 or value == 0 else f"{value:.2g}"
 
 
 def _clock_text(unix_seconds: float) -> str:
@@ -152,6 +165,10 @@ class TuiSink:
         elif isinstance(event, SourceStatus):
             view.state = event.state
             view.detail = event.detail
+        elif isinstance(event, ThresholdInfo):
+            view.model = event.model
+            view.threshold = event.threshold
+            view.calibration = event
         elif isinstance(event, CounterEvent):
             if event.name == "dropped_blocks":
                 view.dropped += event.amount
@@ -176,7 +193,8 @@ class TuiSink:
 
     def _table(self) -> Table:
         table = Table(expand=True)
-        columns = [("source", "left"), ("level dBFS", "right"), ("score / threshold", "right")]
+        columns = [("source", "left"), ("level dBFS", "right"), ("score / threshold", "right"),
+                   ("false alarms", "right")]
         columns += [("noise", "right")] if self.noise else []
         columns += [(f"last {SPARK_LENGTH}", "left"), ("alarm", "left"), ("drop/ovf/err", "right"), ("status", "left")]
         for column, justify in columns:
@@ -184,7 +202,7 @@ class TuiSink:
                              min_width=SPARK_LENGTH if column.startswith("last") else None)
         for name, view in sorted(self.sources.items()):
             noise = [self._noise(view)] if self.noise else []
-            table.add_row(name, self._level(view), self._score(view), *noise,
+            table.add_row(name, self._level(view), self._score(view), self._false_alarms(view), *noise,
                           sparkline(list(view.scores), view.threshold), self._alarm(view), self._drops(view),
                           self._status(view))
         return table
@@ -205,6 +223,19 @@ class TuiSink:
         text = Text(f"{view.score:.3g}", style=_score_style(view.score, view.threshold))
         text.append(f" / {threshold}", style="dim")
         return text
+
+    @staticmethod
+    def _false_alarms(view: SourceView) -> Text:
+        """How sure the threshold is (see the module docstring)."""
+        info = view.calibration
+        if info is not None and info.method == "configured":
+            return Text("configured", style="dim")
+        if info is None or info.false_alarm_rate is None or info.false_alarm_rate_interval is None:
+            return Text("—", style="dim")
+        low, high = info.false_alarm_rate_interval
+        n = "" if info.n_scores is None else f" n={info.n_scores}"
+        return Text(f"{_percent(info.false_alarm_rate)}% [{_percent(low)}-{_percent(high)}%]{n}",
+                    style="yellow" if info.may_alarm_often else "")
 
     @staticmethod
     def _noise(view: SourceView) -> Text:

@@ -222,3 +222,21 @@ def test_sigterm_ends_open_alarms_and_goes_offline(tmp_path, bundle_dir, mosquit
     # OFF first: a run starts with no open alarm, which replaces any ON a killed run left retained
     assert [m.payload for m in live.on(f"{BASE}/m1/alarm")] == [b"OFF", b"ON", b"OFF"]
     assert "received SIGTERM" in d.output()
+
+
+def test_each_sources_threshold_is_retained_with_a_configured_one_marked(tmp_path, bundle_dir, mosquitto,
+                                                                         mqtt_collector, daemons):
+    wav = tmp_path / "normal.wav"
+    sf.write(wav, machine_audio(2.0, 1), SR, subtype="FLOAT")
+    config = f"sources:\n  - name: own\n    replay: {wav}\n  - name: set\n    replay: {wav}\n    threshold: 0.125\n"
+    d = start_daemon(tmp_path, "--bundle", str(bundle_dir), "--mqtt", mosquitto.url, "--speed", "0", config=config)
+    daemons.append(d)
+    assert d.wait() == 0, d.output()
+    late = mqtt_collector([f"{BASE}/+/threshold"])  # after the daemon exited: what the broker retained
+    own, configured = (late.wait_for(f"{BASE}/{name}/threshold")[0] for name in ("own", "set"))
+    bundle = json.loads((bundle_dir / "bundle.json").read_text())
+    assert own.retain and configured.retain
+    assert own.json()["threshold"] == bundle["threshold"]["value"] and own.json()["method"] == "fixed"
+    assert own.json()["false_alarm_rate"] is None  # the test bundle's hand-set threshold has no calibration
+    assert (configured.json()["threshold"], configured.json()["method"]) == (0.125, "configured")
+    assert "source set: threshold 0.125, set in the configuration" in d.output()

@@ -17,9 +17,10 @@ from typing import Callable
 import paho.mqtt.publish as paho_publish
 import pytest
 
-from monitor.events import EVENT_SCHEMA, AlarmEvent, CounterEvent, ScoreUpdate, SourceStatus
+from monitor.events import EVENT_SCHEMA, AlarmEvent, CounterEvent, ScoreUpdate, SourceStatus, ThresholdInfo
 from monitor.config import MqttSettings, parse_mqtt_url
 from monitor.sinks.mqtt import MqttSink, ha_id, sanitize_topic_part
+from tests.helpers import calibrated_info
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(90)]
 
@@ -34,6 +35,11 @@ def alarm(kind: str, source: str = "fan", n: int = 1, score: float = 2.0) -> Ala
 
 def score(source: str = "fan", value: float = 0.5, t: float = 1.0, noise: float | None = None) -> ScoreUpdate:
     return ScoreUpdate(source, "dcase_ae", value, 1.0, time=t, level_dbfs=-23.5, alarm_active=False, noise=noise)
+
+
+def threshold_info(source: str = "fan") -> ThresholdInfo:
+    """A threshold calibrated on 5 cross-fitted scores (one above it), as a bundle trained on few clips records it."""
+    return calibrated_info(source, [0.8, 1.1, 0.9, 1.6, 1.2], 1.4)
 
 
 async def until(predicate: Callable[[], bool], timeout: float, what: str) -> None:
@@ -119,6 +125,25 @@ async def test_source_names_are_sanitised_for_topics(make_sink, mqtt_collector) 
     assert status.retain is False and status.json()["state"] == "online"
 
 
+async def test_the_threshold_and_how_sure_it_is_are_retained(make_sink, mqtt_collector) -> None:
+    sink = await make_sink(ha_discovery=False)
+    info = threshold_info()
+    sink.publish(info)
+    sink.publish(ThresholdInfo("pump", "dcase_ae", 0.75, "configured"))
+    await until(lambda: sink.connected and not sink.queued and sink.stats.published >= 3, 10, "delivery")
+    late = mqtt_collector([f"{BASE}/+/threshold"])  # subscribed after the publish: only retained ones arrive
+    [fan] = await late.await_for(f"{BASE}/fan/threshold")
+    [pump] = await late.await_for(f"{BASE}/pump/threshold")
+    assert fan.retain and pump.retain
+    payload = fan.json()
+    assert payload == json.loads(json.dumps(info.to_dict()))  # intervals as JSON lists, an open bound as null
+    assert payload["false_alarm_rate"] == 0.2 and payload["n_scores"] == 5 and payload["scores"] == "cross-fitted"
+    low, high = payload["false_alarm_rate_interval"]
+    assert 0.0 < low < 0.2 < high < 1.0 and payload["quantile_interval"][1] is None  # 5 scores bound little
+    assert {k: pump.json()[k] for k in ("threshold", "method", "n_scores", "false_alarm_rate")} == {
+        "threshold": 0.75, "method": "configured", "n_scores": None, "false_alarm_rate": None}
+
+
 async def test_close_publishes_offline_retained(make_sink, mqtt_collector) -> None:
     sink = await make_sink(ha_discovery=False)
     await until(lambda: sink.connected, 10, "connect")
@@ -183,6 +208,7 @@ async def test_retained_state_is_republished_after_a_broker_restart_without_pers
 ) -> None:
     sink = await make_sink(sink_kwargs={"sources": ["fan", "pump"]})
     sink.publish(SourceStatus("fan", "online", "", 1.0))
+    sink.publish(threshold_info())
     sink.publish(alarm("new", n=1))
     first = mqtt_collector([f"{BASE}/#"])
     await first.await_for(f"{BASE}/fan/alarm", payload=b"ON")
@@ -192,7 +218,7 @@ async def test_retained_state_is_republished_after_a_broker_restart_without_pers
     mosquitto.start()  # `persistence false`: the broker has forgotten every retained message
     await until(lambda: sink.connected and sink.stats.connects == 2, 30, "the sink to reconnect")
     expected = {f"{BASE}/fan/alarm": b"ON", f"{BASE}/pump/alarm": b"OFF", f"{BASE}/availability": b"online"}
-    topics = [*expected, f"{BASE}/fan/status", ha_topic("binary_sensor", "pump_alarm"),
+    topics = [*expected, f"{BASE}/fan/status", f"{BASE}/fan/threshold", ha_topic("binary_sensor", "pump_alarm"),
               ha_topic("sensor", "fan_score")]
     seen = mqtt_collector(topics)
     for topic in topics:
@@ -202,6 +228,7 @@ async def test_retained_state_is_republished_after_a_broker_restart_without_pers
         [m] = await late.await_for(topic)
         assert m.retain and m.payload == expected.get(topic, m.payload), topic
     assert late.on(f"{BASE}/fan/status")[0].json()["state"] == "online"
+    assert late.on(f"{BASE}/fan/threshold")[0].json()["n_scores"] == 5
     assert sink.stats.dropped == 0
 
 
@@ -363,7 +390,8 @@ async def test_home_assistant_devices_per_source_and_republish_on_ha_online(mosq
     assert configs[alarm]["device_class"] == "problem" and configs[alarm]["state_topic"] == f"{BASE}/fan/alarm"
     assert configs[audio]["device_class"] == "connectivity" and configs[audio]["state_topic"] == f"{BASE}/fan/status"
     assert configs[score]["expire_after"] == MqttSettings().ha_expire_after
-    assert "json_attributes_topic" not in configs[score]  # not a second 1 Hz topic for HA's recorder
+    # the threshold's metadata as the score's attributes: a retained topic sent once per run, not one per score
+    assert configs[score]["json_attributes_topic"] == f"{BASE}/fan/threshold"
     assert "sw_version" in node_device
     before = len(live.on(alarm))
     paho_publish.single("homeassistant/status", b"online", hostname=mosquitto.host, port=mosquitto.port)
@@ -445,6 +473,10 @@ async def test_every_discovery_payload_follows_home_assistant_schema(mosquitto, 
     assert len({tuple(c["device"]["identifiers"]) for c in configs.values()}) == 1 + 5
     for topic, config in configs.items():
         platform = check_discovery(topic, config)
+        if config["name"] == "anomaly score":  # attributes: the threshold's metadata; the noise score has none
+            assert config["json_attributes_topic"] == config["state_topic"].removesuffix("/score") + "/threshold"
+        elif config["name"] == "noise score":
+            assert "json_attributes_topic" not in config
         template = config.get("value_template")
         if template is None:
             continue

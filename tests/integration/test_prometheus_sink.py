@@ -15,17 +15,21 @@ from prometheus_client import generate_latest
 import yaml
 
 from monitor.config import PrometheusConfig
-from monitor.events import AlarmEvent, CounterEvent, ScoreUpdate, SourceStatus
+from monitor.events import AlarmEvent, CounterEvent, ScoreUpdate, SourceStatus, ThresholdInfo
 from monitor.sinks.prometheus import STATES, PrometheusSink
 from tests.conftest import skip_or_fail
+from tests.helpers import calibrated_info
+
+CALIBRATION_SCORES = [0.8, 1.1, 0.9, 1.6, 1.2]  # the normal scores a source's threshold is calibrated on
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 
 
 def feed(sink: PrometheusSink, source: str, scores: list[float], threshold: float = 1.0,
          noise: bool = True) -> None:
-    """Events for one source covering every metric family: status, scores (with noise scores unless `noise` is
-    false), an alarm's life, each counter."""
+    """Events for one source covering every metric family: its threshold's calibration, status, scores (with noise
+    scores unless `noise` is false), an alarm's life, each counter."""
+    sink.publish(calibrated_info(source, CALIBRATION_SCORES, threshold))
     sink.publish(SourceStatus(source, "online", time=1.0))
     for i, score in enumerate(scores):
         sink.publish(ScoreUpdate(source, "dcase_ae", score, threshold, time=2.0 + i, level_dbfs=-20.0 - i,
@@ -93,6 +97,24 @@ async def test_exposition_values_follow_events(sink: PrometheusSink) -> None:
     assert 'device="cpu"' in text and 'model="dcase_ae"' in text
 
 
+async def test_threshold_calibration_gauges(sink: PrometheusSink) -> None:
+    info = calibrated_info("fan", CALIBRATION_SCORES, 1.4)  # one of the five above it
+    sink.publish(info)
+    sink.publish(ThresholdInfo("pump", "dcase_ae", 0.75, "configured"))  # set in the config: nothing to say
+    sink.publish(ThresholdInfo("valve", "dcase_ae", 2.0, "fixed"))  # a bundle without calibration
+    text = scrape(sink)
+    low, high = info.false_alarm_rate_interval
+    for bound, value in (("estimate", 0.2), ("low", low), ("high", high)):
+        assert sample(text, f'asd_threshold_false_alarm_rate{{bound="{bound}",model="dcase_ae",source="fan"}}') == (
+            pytest.approx(value))
+    assert 0.0 < low < 0.2 < high < 1.0
+    assert sample(text, 'asd_threshold_calibration_scores{model="dcase_ae",source="fan"}') == 5.0
+    assert sample(text, 'asd_anomaly_threshold{model="dcase_ae",source="pump"}') == 0.75  # known before a score
+    for source in ("pump", "valve"):  # no made-up calibration
+        assert f'source="{source}"' not in "".join(line for line in text.splitlines()
+                                                   if line.startswith("asd_threshold_"))
+
+
 async def test_configured_sources_have_their_series_before_any_event() -> None:
     sink = PrometheusSink(0, model="dcase_ae", sources=[("fan", "dcase_ae"), ("pump", None)])
     await sink.start()
@@ -136,6 +158,11 @@ async def test_real_prometheus_scrapes_the_sink(sink: PrometheusSink, prometheus
     assert series["metric"]["model"] == "dcase_ae"
     [noise] = prometheus.query('asd_noise_score{source="pump"}')
     assert float(noise["value"][1]) == 0.5
+    [high] = prometheus.query('asd_threshold_false_alarm_rate{source="pump",bound="high"}')
+    assert float(high["value"][1]) == pytest.approx(calibrated_info("pump", CALIBRATION_SCORES, 1.0)
+                                                    .false_alarm_rate_interval[1])
+    [n] = prometheus.query('asd_threshold_calibration_scores{source="pump"}')
+    assert float(n["value"][1]) == len(CALIBRATION_SCORES)
 
 
 def test_deploy_scrape_config_and_rules_are_valid_and_use_real_metrics() -> None:

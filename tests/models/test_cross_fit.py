@@ -75,3 +75,42 @@ def test_five_clips_give_a_threshold_with_its_uncertainty_in_the_bundle(tmp_path
     lo, hi = cal["false_alarm_rate_interval"]
     assert 0.0 <= lo <= cal["false_alarm_rate"] <= hi <= 1.0 and hi > 0.4  # five scores cannot say much
     assert cal["quantile_interval"][1] is None
+
+
+def test_each_id_with_its_own_threshold_gets_its_own_calibration_and_the_others_fall_back(tmp_path) -> None:
+    from models.threshold import calibration
+
+    feats = clips(14, seed=1)
+    ids = ["a"] * 6 + ["b"] * 6 + ["c"] * 2  # c: 2 cross-fitted scores, too few for a gamma threshold of its own
+    oof = cross_fitted_scores(spec, feats, ids, seed=0)
+    b = load_bundle(fit_bundle(tmp_path / "b", spec(), feats, ids, machine="fan", cross_fitted=oof), device="cpu")
+    assert sorted(b.per_id_thresholds) == ["a", "b"]
+    for ident in ("a", "b"):
+        own = oof[[i == ident for i in ids]]
+        expected = {**calibration(own, b.threshold_for(ident), 0.9), "scores": "cross-fitted"}
+        assert b.calibration_for(ident) == pytest.approx(expected)
+        assert b.meta["threshold"]["info"]["per_id_calibration"][ident] == b.calibration_for(ident)
+        assert b.calibration_for(ident)["n_scores"] == 6
+    glob = b.meta["threshold"]["info"]["calibration"]
+    assert glob["n_scores"] == 14 and glob["exceedances"] == int(np.sum(oof > b.threshold))
+    for ident in ("c", "unknown", None):  # no threshold of its own: the global one, and its calibration
+        assert b.threshold_for(ident) == b.threshold and b.calibration_for(ident) == glob
+
+
+def test_bundles_without_calibration_still_load_and_say_none(tmp_path) -> None:
+    import json
+    from pathlib import Path
+
+    feats = clips(14, seed=1)
+    ids = ["a"] * 6 + ["b"] * 8
+    oof = cross_fitted_scores(spec, feats, ids, seed=0)
+    path = fit_bundle(tmp_path / "b", spec(), feats, ids, machine="fan", cross_fitted=oof)
+    meta = json.loads((path / "bundle.json").read_text())
+    del meta["threshold"]["info"]["per_id_calibration"]  # written before per-id calibration
+    (path / "bundle.json").write_text(json.dumps(meta))
+    b = load_bundle(path, device="cpu")
+    assert b.threshold_for("a") != b.threshold  # its own threshold, whose calibration the bundle lacks:
+    assert b.calibration_for("a") is None  # not the global one, which describes another number
+    assert b.calibration_for(None) == meta["threshold"]["info"]["calibration"]
+    schema1 = load_bundle(Path(__file__).resolve().parents[1] / "fixtures" / "bundle_schema1", device="cpu")
+    assert schema1.calibration_for(None) is None and schema1.calibration_for("id_00") is None

@@ -107,7 +107,11 @@ def test_replay_of_an_anomalous_file_gives_one_alarm_sequence_and_exits_0(tmp_pa
     assert [m.split(":")[0] for m in warnings] == ["ALARM m1", "alarm cleared m1"]
     assert alarms[0]["id"] in warnings[0] and f"{alarms[0]['threshold']:.4g}" in warnings[0]
     info = [r.getMessage() for r in caplog.records if r.levelno == logging.INFO]
-    assert info[0].startswith("source m1: online") and info[-1].startswith("source m1: ended")
+    assert info[0].startswith("source m1: threshold") and "the bundle records no calibration" in info[0]
+    assert info[1].startswith("source m1: online") and info[-1].startswith("source m1: ended")
+    [threshold] = [e for e in events if e["kind"] == "threshold"]  # announced once, before the first score
+    assert events.index(threshold) < min(i for i, e in enumerate(events) if e["kind"] == "score")
+    assert threshold["threshold"] == alarms[0]["threshold"] and threshold["method"] == "fixed"
 
 
 def test_a_bad_file_among_good_ones_is_reported_and_the_others_go_on(tmp_path, bundle_dir, caplog):

@@ -7,12 +7,13 @@ from pathlib import Path
 
 import pytest
 
-from monitor.events import EVENT_SCHEMA, AlarmEvent, CounterEvent, ScoreUpdate, SourceStatus
+from monitor.events import EVENT_SCHEMA, AlarmEvent, CounterEvent, ScoreUpdate, SourceStatus, ThresholdInfo
 from monitor.sinks.jsonl import JsonlSink
 
 
 def events() -> list:
     return [
+        ThresholdInfo("fan", "dcase_ae", 1.0, "gamma", "cross-fitted", 5, 0.95, 0.2, (0.005, 0.716), 0.9, (1.5, None)),
         SourceStatus("fan", "online", "capturing", time=1.0),
         ScoreUpdate("fan", "dcase_ae", 0.4, 1.0, time=2.0, level_dbfs=float("-inf"), alarm_active=False),
         AlarmEvent("new", "fan-1", "fan", "dcase_ae", 1.5, 1.5, 1.0, start_time=3.0),
@@ -35,8 +36,9 @@ async def test_alarms_and_status_only_by_default(tmp_path: Path) -> None:
     await sink.close()
     records = read(path)
     assert [(r["kind"], r.get("type", r.get("state"))) for r in records] == [
-        ("status", "online"), ("alarm", "new"), ("alarm", "end")]
-    assert records[2] == {"kind": "alarm", "type": "end", "id": "fan-1", "source": "fan", "model": "dcase_ae",
+        ("threshold", None), ("status", "online"), ("alarm", "new"), ("alarm", "end")]
+    assert records[0]["false_alarm_rate_interval"] == [0.005, 0.716] and records[0]["quantile_interval"] == [1.5, None]
+    assert records[3] == {"kind": "alarm", "type": "end", "id": "fan-1", "source": "fan", "model": "dcase_ae",
                           "score": 0.5, "peak_score": 1.9, "threshold": 1.0, "start_time": 3.0, "end_time": 8.0,
                           "reason": "", "schema": EVENT_SCHEMA}
 
@@ -51,9 +53,9 @@ async def test_scores_and_counters_when_asked_and_appends(tmp_path: Path) -> Non
     await sink.close()
     await sink.close()  # idempotent
     records = read(path)
-    assert [r["kind"] for r in records] == ["status", "status", "score", "alarm", "counter", "alarm"]
-    assert records[2]["level_dbfs"] is None  # -inf is not JSON
-    assert records[4]["amount"] == 3
+    assert [r["kind"] for r in records] == ["status", "threshold", "status", "score", "alarm", "counter", "alarm"]
+    assert records[3]["level_dbfs"] is None  # -inf is not JSON
+    assert records[5]["amount"] == 3
 
 
 async def test_unwritable_path_names_the_file(tmp_path: Path) -> None:
@@ -66,4 +68,4 @@ async def test_unwritable_path_names_the_file(tmp_path: Path) -> None:
 
 def test_publish_before_start_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(RuntimeError, match="before start"):
-        JsonlSink(tmp_path / "x.jsonl").publish(events()[0])
+        JsonlSink(tmp_path / "x.jsonl").publish(events()[1])

@@ -14,7 +14,7 @@ from models.bundle import Bundle, load_bundle
 from models.detectors import REGISTRY
 from models.training.recipe import build_spec, fit_bundle
 from monitor.config import AlarmPolicy, PipelineConfig
-from monitor.events import AlarmEvent, CounterEvent, ScoreUpdate, SourceStatus
+from monitor.events import AlarmEvent, CounterEvent, ScoreUpdate, SourceStatus, ThresholdInfo
 from monitor.pipeline import Pipeline, StreamResampler
 from monitor.sources import AudioBlock, BlockQueue, Source
 from tests import plugins
@@ -298,6 +298,50 @@ async def test_run_drains_queues_until_sources_end(bundle):
     await asyncio.wait_for(pipe.run(asyncio.Event()), 30)
     assert [e.state for e in out if isinstance(e, SourceStatus)] == ["ended"]
     assert len([e for e in out if isinstance(e, ScoreUpdate)]) == window_count(bundle, 2 * SR)
+
+
+@pytest.fixture(scope="module")
+def per_id_bundle(tmp_path_factory: pytest.TempPathFactory, bundle: Bundle) -> Bundle:
+    """A real bundle with its threshold (and each id's) calibrated on held-out scores: ids a and b get their own."""
+    with plugins.plugins_registered():
+        spec = build_spec("test_window_quantile", {"feature": bundle.feature.to_dict(), "threshold": "percentile:95",
+                                                   "window_seconds": bundle.window_seconds})
+        feats = spec.feature.extract_batch([machine_audio(2.0, seed) for seed in range(10)])
+        out = fit_bundle(tmp_path_factory.mktemp("ids") / "ids", spec, feats[:4], ["a", "b"] * 2, feats[4:],
+                         ["a", "b", "a", "b", "a", "b"], machine="hum")
+        yield load_bundle(out, device="cpu")
+
+
+async def test_run_announces_each_sources_threshold_and_how_sure_it_is_before_scoring(bundle, per_id_bundle):
+    out: list = []
+    pipe = Pipeline(out.append, settings=CPU)
+    sources = {}
+    for name, b, machine_id, threshold in (("plain", per_id_bundle, None, None), ("id_a", per_id_bundle, "a", None),
+                                           ("set", per_id_bundle, "a", 0.75), ("fixed", bundle, None, None)):
+        sources[name] = src = StubSource(name, BlockQueue(64), out.append)
+        src.state, src.machine_id = "online", machine_id
+        pipe.add_source(src, b, threshold)
+        for block in blocks_of(machine_audio(1.5, 1), [4000]):
+            await src.queue.put(block)
+        src.queue.end()
+    await asyncio.wait_for(pipe.run(asyncio.Event()), 30)
+    infos = {e.source: e for e in out if isinstance(e, ThresholdInfo)}
+    assert list(infos) == list(sources) and all(isinstance(e, ThresholdInfo) for e in out[:len(sources)])
+    assert any(isinstance(e, ScoreUpdate) for e in out)  # and scoring came after
+    for name, machine_id in (("plain", None), ("id_a", "a")):
+        cal, info = per_id_bundle.calibration_for(machine_id), infos[name]
+        assert info.threshold == per_id_bundle.threshold_for(machine_id) and info.method == "percentile"
+        assert (info.scores, info.n_scores, info.false_alarm_rate, info.quantile) == (
+            "holdout", cal["n_scores"], cal["false_alarm_rate"], 0.95)
+        assert list(info.false_alarm_rate_interval) == cal["false_alarm_rate_interval"]
+    assert infos["plain"].n_scores == 6 and infos["id_a"].n_scores == 3  # the id's own scores
+    assert infos["id_a"].threshold != infos["plain"].threshold
+    configured = infos["set"]  # an override: the bundle's calibration is of another threshold
+    assert (configured.method, configured.threshold, configured.n_scores, configured.false_alarm_rate) == (
+        "configured", 0.75, None, None)
+    fixed = infos["fixed"]  # a bundle saved with a hand-set threshold records no calibration
+    assert (fixed.method, fixed.threshold, fixed.scores, fixed.false_alarm_rate_interval) == (
+        "fixed", bundle.threshold, None, None)
 
 
 def test_sources_of_different_bundles_are_scored_by_their_own_bundle(bundle, window_bundle):

@@ -12,14 +12,16 @@ import sys
 
 from rich.console import Console
 
-from monitor.events import AlarmEvent, CounterEvent, ScoreUpdate, SourceStatus
+from monitor.events import HIGH_FALSE_ALARM_RATE, AlarmEvent, CounterEvent, ScoreUpdate, SourceStatus, ThresholdInfo
 from monitor.sinks.tui import SPARK_BLOCKS, SPARK_LENGTH, TuiSink, sparkline
+from tests.helpers import calibrated_info
 
 T0 = 1_700_000_000.0
+WIDTH = 180  # a wide terminal: every column shown in full
 
 
 def render(sink: TuiSink) -> str:
-    console = Console(record=True, width=160, file=io.StringIO(), color_system=None)
+    console = Console(record=True, width=WIDTH, file=io.StringIO(), color_system=None)
     console.print(sink.render())
     return console.export_text()
 
@@ -76,7 +78,7 @@ def test_score_colour_follows_threshold() -> None:
     sink = TuiSink()
     for source, score in (("low", 0.2), ("near", 0.95), ("over", 1.3)):
         sink.publish(update(source, score))
-    console = Console(record=True, width=160, file=io.StringIO(), color_system="standard", force_terminal=True)
+    console = Console(record=True, width=WIDTH, file=io.StringIO(), color_system="standard", force_terminal=True)
     console.print(sink.render())
     text = console.export_text(styles=True)
     for source, ansi, score in (("low", "32", "0.2"), ("near", "33", "0.95"), ("over", "1;31", "1.3")):
@@ -94,10 +96,33 @@ def test_the_noise_column_shows_the_noise_score_with_a_classifier_only() -> None
     text = render(noisy_view)
     assert "noise" in text.splitlines()[2]  # the header row of the table
     assert "0.12" in row(text, "fan") and "0.91" in row(text, "valve") and "noisy" in row(text, "valve")
-    assert re.search(r"0\.3 / 1\s+│\s+-\s+│", row(text, "pump"))
-    console = Console(record=True, width=160, file=io.StringIO(), color_system="standard", force_terminal=True)
+    assert re.search(r"0\.3 / 1\s+│\s+—\s+│\s+-\s+│", row(text, "pump"))  # false alarms unknown, then noise
+    console = Console(record=True, width=WIDTH, file=io.StringIO(), color_system="standard", force_terminal=True)
     console.print(noisy_view.render())
     assert re.search(r"\x1b\[33m\s*0\.91\x1b", row(console.export_text(styles=True), "valve"))  # yellow: noisy
+
+
+def test_the_false_alarms_column_says_how_sure_each_threshold_is() -> None:
+    sink = TuiSink()
+    few = calibrated_info("fan", [1.0, 2.0, 3.0, 4.0, 5.0], 4.5)  # 1 of 5 above: 20 %, interval [0.51 %, 72 %]
+    many = calibrated_info("pump", [float(i) for i in range(200)], 179.5)  # 20 of 200: 10 %, interval [6.2 %, 15 %]
+    assert few.may_alarm_often and not many.may_alarm_often
+    assert many.false_alarm_rate_interval[1] < HIGH_FALSE_ALARM_RATE < few.false_alarm_rate_interval[1]
+    for info in (few, many, ThresholdInfo("valve", "dcase_ae", 0.75, "configured"),
+                 ThresholdInfo("slider", "dcase_ae", 2.0, "fixed")):
+        sink.publish(info)
+    sink.publish(update("pump", 150.0))
+    text = render(sink)
+    assert "false alarms" in text.splitlines()[2]  # the table's header row
+    assert "20% [0.51-72%] n=5" in row(text, "fan") and "- / 4.5" in row(text, "fan")  # threshold before a score
+    assert "10% [6.2-15%] n=200" in row(text, "pump")
+    assert "configured" in row(text, "valve") and "- / 0.75" in row(text, "valve")
+    assert re.search(r"- / 2\s+│\s+—\s+│", row(text, "slider"))  # no calibration in the bundle
+    console = Console(record=True, width=WIDTH, file=io.StringIO(), color_system="standard", force_terminal=True)
+    console.print(sink.render())
+    styled = console.export_text(styles=True)
+    assert re.search(r"\x1b\[33m\s*20% \[0\.51-72%\] n=5\x1b", row(styled, "fan"))  # yellow: may alarm often
+    assert not re.search(r"\x1b\[33m\s*10% \[6\.2-15%\]", row(styled, "pump"))
 
 
 async def test_live_start_and_close_on_a_non_tty_console() -> None:
@@ -115,7 +140,7 @@ async def test_logging_goes_through_the_live_console_while_running() -> None:
     plain = logging.StreamHandler(sys.stderr)  # what logging.basicConfig installs in the daemon
     root.addHandler(plain)
     before = list(root.handlers)
-    console = Console(record=True, width=160, file=io.StringIO(), force_terminal=True, color_system=None)
+    console = Console(record=True, width=WIDTH, file=io.StringIO(), force_terminal=True, color_system=None)
     sink = TuiSink(console=console, refresh_hz=50.0)
     try:
         await sink.start()
