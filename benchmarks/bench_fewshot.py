@@ -56,7 +56,8 @@ log = logging.getLogger("bench_fewshot")
 
 MIN_NORMALS, MIN_ANOMALIES = 4, 1
 REFERENCES = ("rms_level", "chance")
-PAIRED = ("rms_level", "dcase_ae")  # every detector's difference to these, when they are in the run
+PAIRED = ("rms_level", "dcase_ae")
+AUTO = "auto"  # the detector `models.training.selection` chooses per unit from its training clips (not a model)  # every detector's difference to these, when they are in the run
 _DOMAIN = re.compile(r"_(source|target)_")
 
 
@@ -136,9 +137,14 @@ class Audio:
 
 
 def train_config(entry: str, epochs: int | None, seed: int) -> tuple[str, dict[str, Any]]:
-    """(label, config): the shipped config or variant, no held-out clips (the threshold is not measured here)."""
+    """(label, config): the shipped config or variant, no held-out clips (the threshold is not measured here).
+    `auto`: the candidates' configs."""
     from models.detectors import get_detector
+    from models.training.selection import default_candidates
 
+    if entry == AUTO:
+        return AUTO, {"model": AUTO, "candidates": {name: train_config(name, epochs, seed)[1]
+                                                    for name in default_candidates()}}
     label, config = model_config(entry)
     model = config.get("model", entry)
     params = dict(config.get("params") or {})
@@ -149,7 +155,8 @@ def train_config(entry: str, epochs: int | None, seed: int) -> tuple[str, dict[s
 
 
 def run_detector(entry: str, units: Sequence[Unit], seed: int, level: str, epochs: int | None, audio: Audio,
-                 work: Path) -> tuple[str, dict[str, list[float]], float]:
+                 work: Path) -> tuple[str, dict[str, list[float]], float] | tuple[str, dict[str, list[float]], float,
+                                                                                 dict[str, Any]]:
     """Train `entry` on one split at one level and score every unit's test clips: (label, scores per unit, s)."""
     from models.bundle import load_bundle
     from models.detectors import get_detector
@@ -157,6 +164,8 @@ def run_detector(entry: str, units: Sequence[Unit], seed: int, level: str, epoch
     from offline.datasets.records import Clip
 
     label, config = train_config(entry, epochs, seed)
+    if entry == AUTO:
+        return run_selected(config["candidates"], units, seed, level, audio, work)
     by_ids = get_detector(config["model"]).needs_ids
     t0 = time.perf_counter()
     train: dict[int, list[Path]] = {}
@@ -177,6 +186,33 @@ def run_detector(entry: str, units: Sequence[Unit], seed: int, level: str, epoch
             wavs = [audio(p, bundle.sample_rate) for p in tests]
             scores[units[k].name] = [float(s) for s in bundle.score_wavs(wavs, ids=[units[k].id] * len(wavs))]
     return label, scores, time.perf_counter() - t0
+
+
+def run_selected(candidates: dict[str, dict[str, Any]], units: Sequence[Unit], seed: int, level: str, audio: Audio,
+                 work: Path) -> tuple[str, dict[str, list[float]], float, dict[str, Any]]:
+    """The `auto` entry: per unit, `models.training.selection` chooses among `candidates` on the unit's training
+    clips alone (pseudo-faults, no test clip read), then the chosen detector is trained and scored like any other.
+    Also returns each unit's selection record."""
+    from models.bundle import load_bundle
+    from models.training.recipe import train_bundle
+    from models.training.selection import select_detector
+    from offline.datasets.records import Clip
+
+    t0 = time.perf_counter()
+    scores: dict[str, list[float]] = {}
+    selected: dict[str, Any] = {}
+    for k, unit in enumerate(units):
+        half, _ = split(unit, k, seed)
+        clips = [Clip(path=p, machine=unit.machine, id=unit.id, split="train", label="normal")
+                 for p in half[: level_size(level, len(half))]]
+        choice = select_detector(clips, unit.machine, candidates, seed=seed, load=lambda c, rate: audio(c.path, rate))
+        selected[unit.name] = choice.to_dict()
+        out = work / f"{AUTO}_{seed}_{level}_{k}"
+        train_bundle(clips, choice.chosen, unit.machine, out, candidates[choice.chosen], progress=False)
+        bundle = load_bundle(out, device="cpu")
+        wavs = [audio(p, bundle.sample_rate) for p in test_clips(unit, k, seed)]
+        scores[unit.name] = [float(s) for s in bundle.score_wavs(wavs, ids=[unit.id] * len(wavs))]
+    return AUTO, scores, time.perf_counter() - t0, {"selected": selected}
 
 
 def test_clips(unit: Unit, unit_index: int, seed: int) -> list[Path]:
@@ -310,13 +346,14 @@ def main(argv: list[str] | None = None) -> int:
                     if label in failed.get(level, {}):
                         continue
                     try:
-                        label, scores, took = run_detector(entry, units, seed, level, args.epochs, audio, Path(tmp))
+                        label, scores, took, *extra = run_detector(entry, units, seed, level, args.epochs, audio,
+                                                                   Path(tmp))
                     except ValueError as e:  # e.g. too few clips for the model at this level: said, not hidden
                         failed.setdefault(level, {})[label] = str(e)
                         runs.pop(label, None)
                         log.warning("%s cannot train at level %s: %s", label, level, e)
                         continue
-                    runs.setdefault(label, []).append({"seed": seed, "scores": scores})
+                    runs.setdefault(label, []).append({"seed": seed, "scores": scores, **(extra[0] if extra else {})})
                     seconds[label] = seconds.get(label, 0.0) + took
                 log.info("level %s split %d done (%.0f s so far)", level, seed, time.perf_counter() - t_start)
             summary = summarise(runs, units, args.bootstrap)

@@ -20,6 +20,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "synth": ("offline.synth", "write a synthetic machine-sound dataset in DCASE 2020 layout"),
     "download": ("offline.datasets.download", "download and extract a public dataset (DCASE 2020 Task 2, MIMII)"),
     "train": ("offline.train", "train a detector on normal clips and write a bundle"),
+    "select": ("offline.select", "choose a detector for a machine from its normal clips alone, and train it"),
     "evaluate": ("offline.evaluate", "AUC/pAUC, confusion matrices, DCASE CSVs and plots for one or more bundles"),
     "score": ("offline.score", "score wav files with a bundle (one JSON line per file)"),
     "denoise": ("offline.denoise", "denoise mel .npy or .wav files with an lstm_denoiser bundle (+ PNG)"),

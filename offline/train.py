@@ -99,7 +99,7 @@ def _inline_member_configs(config: dict[str, Any], folder: Path) -> dict[str, An
     return {**config, "params": {**params, "members": inlined}}
 
 
-def _apply_flags(config: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
+def apply_flags(config: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
     config = dict(config)
     for key in ("holdout", "threshold", "seed"):
         if getattr(args, key) is not None:
@@ -122,7 +122,7 @@ def run(args: argparse.Namespace) -> int:
         distributed.init_from_env(select_device(args.device or "auto"))
         if not distributed.is_main():
             logging.getLogger().setLevel(logging.WARNING)  # one process reports
-    config = _apply_flags(load_config(args.config), args)
+    config = apply_flags(load_config(args.config), args)
     progress = False if args.no_progress else None
     from models.detectors import get_detector
 

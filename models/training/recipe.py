@@ -293,10 +293,12 @@ def train_bundle(
     device: str | None = None,
     progress: bool | None = None,
     epochs: int | None = None,
+    extra_summary: dict[str, Any] | None = None,
 ) -> Path:
     """Train `model_name` on the normal training clips of `machine`, set the threshold, write a bundle at `out`.
 
-    Bad settings fail before any audio is read. Used by `asd-offline train`.
+    Bad settings fail before any audio is read. Used by `asd-offline train` (and `select`, whose choice goes into
+    the training summary through `extra_summary`).
     """
     from models.device import describe, select_device
 
@@ -326,7 +328,8 @@ def train_bundle(
     fit_feats, fit_seconds = _featurise(fit_clips, spec.feature, dev, show)
     hold_feats, hold_seconds = _featurise(hold_clips, spec.feature, dev, show) if hold_clips else ([], 0.0)
     summary = {"data": data_source, "n_clips": len(chosen), "audio_seconds": round(fit_seconds + hold_seconds, 3),
-               "feature_seconds": round(time.perf_counter() - t0, 3), "device": describe(dev)}
+               "feature_seconds": round(time.perf_counter() - t0, 3), "device": describe(dev),
+               **(extra_summary or {})}
     fit_ids = [c.id for c in fit_clips]
     oof = None
     if cross:
