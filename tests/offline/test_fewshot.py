@@ -120,6 +120,26 @@ def test_one_split_end_to_end_through_train_bundle(real: Path, tmp_path: Path) -
     assert len(doc["levels"]["2"]["runs"]["iforest"]) == 1 and doc["units"][0]["train_half"] == 2
 
 
+def test_auto_chooses_per_unit_from_training_clips_and_records_why(real: Path, tmp_path: Path) -> None:
+    """The `auto` entry: every unit gets the candidate with the highest pseudo-AUC on its own training clips, and
+    the run keeps each unit's table."""
+    from models.training.selection import default_candidates
+
+    bench = _bench()
+    out = tmp_path / "results"
+    assert bench.main(["--models", "auto", "--real-dir", str(real), "--splits", "1", "--levels", "half",
+                       "--bootstrap", "20", "--name", "auto", "--out-dir", str(out)]) == 0
+    doc = json.loads((out / "auto.json").read_text())
+    assert "auto" in doc["levels"]["half"]["summary"]
+    (run,) = doc["levels"]["half"]["runs"]["auto"]
+    assert set(run["selected"]) == set(run["scores"]) == {u.name for u in bench.find_units(real)}
+    for unit, sel in run["selected"].items():
+        assert set(sel["pseudo_auc"]) | set(sel["failed"]) == set(default_candidates()), unit
+        best = max(sel["pseudo_auc"].values())
+        assert sel["chosen"] == min(n for n, v in sel["pseudo_auc"].items() if v == best), unit
+    assert set(doc["models"]["auto"]["candidates"]) == set(default_candidates())
+
+
 def test_pairing_two_stored_runs_equals_one_run_with_both(real: Path, tmp_path: Path) -> None:
     """benchmarks/fewshot_pair: the paired summary of two stored runs is what one run with both would write."""
     from benchmarks import fewshot_pair
