@@ -40,13 +40,15 @@ class ExampleInput:
     anomaly scores (a detector over detectors), so anomalies are high values of some of them. `anomaly`: how the
     anomalous clips differ: `structure` (the normal data's correlations broken, every dimension's mean and variance
     kept) or `other_id` (a clip that sounds like another machine id than its own: what a classifier of ids
-    detects)."""
+    detects). `id_offset`: how the ids' data differ: `level` (one constant added to every value) or `shape` (a
+    constant per dimension that sums to 0: what a level-normalised model can still see)."""
 
     dim: int = 40
     n_vectors: int = 60
     n_ids: int = 0
     scores: bool = False
     anomaly: Literal["structure", "other_id"] = "structure"
+    id_offset: Literal["level", "shape"] = "level"
 
 
 class Learned(HyperParams, ABC):

@@ -51,47 +51,28 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from models.detectors.base import (
-    ClipsLike,
-    Detector,
-    ExampleInput,
-    check_clips,
-    check_ids,
-    check_state,
-    crop_starts,
-    register,
-    standardizer,
+from models.detectors._segments import (
+    QUICK_SEGMENTS,
+    SEGMENT_FRAMES,
+    SEGMENT_HOP,
+    TRAIN_HOP,
+    SegmentDetector,
 )
+from models.detectors.base import ClipsLike, ExampleInput, check_clips, check_ids, check_state, register, standardizer
 from models.detectors.modspec_graph import nearest
-from models.features import LogMelConfig
-
-_INT_PARAMS = ("segment_frames", "segment_hop", "bank_hop", "k")
-
-
-def segment_embeddings(X: torch.Tensor, frames: int, hop: int, level_norm: bool) -> torch.Tensor:
-    """Embeddings `[S, 2 * dim]` (float64) of the segments of one `[T, dim]` matrix: per dimension the mean over
-    the segment's `frames` frames, then the (population) standard deviation; with `level_norm` each segment's mean
-    over all its values is subtracted first. Segments start every `hop` frames, plus one aligned to the end."""
-    starts = torch.tensor(crop_starts(X.shape[0], frames, hop))
-    seg = X.double()[starts[:, None] + torch.arange(frames)]  # [S, frames, dim]
-    if level_norm:
-        seg = seg - seg.mean(dim=(1, 2), keepdim=True)
-    return torch.cat([seg.mean(dim=1), seg.std(dim=1, unbiased=False)], dim=1)
 
 
 @register
-class EmbedKnn(Detector):
+class EmbedKnn(SegmentDetector):
     """Mean over a window's segments of the distance from each segment's (level-normalised) log-mel statistics to
     the nearest training segments of the same machine id, the whole type's when the id is unknown."""
 
     name = "embed_knn"
-    granularity = "window"
-    feature_kinds = ("logmel",)  # dB values: a gain is an additive constant, what level_norm removes
-    default_feature = LogMelConfig(n_mels=128, n_fft=1024, hop_length=512, power=2.0, context=1).to_dict()
-    quick_params = {"segment_frames": 8, "segment_hop": 4, "bank_hop": 2}
+    quick_params = {**QUICK_SEGMENTS, "bank_hop": 2}
+    int_params = ("segment_frames", "segment_hop", "bank_hop", "k")
 
-    def __init__(self, segment_frames: int = 32, segment_hop: int = 16, bank_hop: int = 4, k: int = 1,
-                 level_norm: bool = True) -> None:
+    def __init__(self, segment_frames: int = SEGMENT_FRAMES, segment_hop: int = SEGMENT_HOP, bank_hop: int = TRAIN_HOP,
+                 k: int = 1, level_norm: bool = True) -> None:
         self.segment_frames = segment_frames
         self.segment_hop = segment_hop
         self.bank_hop = bank_hop
@@ -101,28 +82,6 @@ class EmbedKnn(Detector):
     @classmethod
     def example_input(cls) -> ExampleInput:
         return ExampleInput(dim=40, n_vectors=60, n_ids=2)  # two ids: the generic tests go through per-id banks
-
-    def _check_params(self) -> None:
-        for name in _INT_PARAMS:
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{self.name}: {name} must be a positive integer (frames or neighbours), got "
-                                 f"{value!r}")
-        if not isinstance(self.level_norm, bool):
-            raise ValueError(f"{self.name}: level_norm must be true or false, got {self.level_norm!r}")
-
-    def check_feature(self, feature: Any) -> None:
-        super().check_feature(feature)
-        self._check_params()
-
-    def _embed(self, clips: Sequence[torch.Tensor], hop: int, what: str) -> list[torch.Tensor]:
-        frames = int(self.segment_frames)
-        short = [i for i, c in enumerate(clips) if c.shape[0] < frames]
-        if short:
-            raise ValueError(f"{self.name}: {what}[{short[0]}] has {clips[short[0]].shape[0]} frames, fewer than one "
-                             f"segment of segment_frames={frames} ({len(short)} such clip(s)): give longer clips "
-                             f"or windows, or shorten segment_frames")
-        return [segment_embeddings(c, frames, hop, bool(self.level_norm)) for c in clips]
 
     # -- fit ---------------------------------------------------------------------------------------------------------
 

@@ -4,8 +4,8 @@ contract, plus the DCASE AE's own architecture.
 The data comes from each detector's `example_input()` and is built so that only a detector that learned something
 can separate it: normal vectors lie near a random 4-dim subspace; anomalies use the same subspace with the sign of
 some coordinates flipped, so every dimension has the same mean and variance in both sets and only their correlations
-differ (an untrained autoencoder scores them at chance). Machine ids, when asked for, shift each id's data; for a
-classifier of ids (`anomaly="other_id"`) an anomaly is a clip that sounds like the next id.
+differ (an untrained autoencoder scores them at chance). Machine ids, when asked for, shift each id's data (every value
+alike, or by a per-dimension tilt); for a classifier of ids (`anomaly="other_id"`) an anomaly is a clip that sounds like the next id.
 """
 
 from __future__ import annotations
@@ -49,6 +49,7 @@ def example_data(cls: type[Detector], seed: int = 7) -> dict:
     id_names = [f"id_{k:02d}" for k in range(max(spec.n_ids, 1))]
 
     scale = 10.0 ** rng.uniform(-2, 2, size=spec.dim)  # score vectors: members on unrelated scales
+    tilt = 1.0 if spec.id_offset == "level" else np.linspace(-1.0, 1.0, spec.dim)  # id k's data: + 2 k tilt
 
     def clips(weights: np.ndarray, n: int, anomalous: bool) -> tuple[list[torch.Tensor], list[str] | None]:
         out, ids = [], []
@@ -64,8 +65,8 @@ def example_data(cls: type[Detector], seed: int = 7) -> dict:
                 x = x + 0.3 * rng.normal(size=(spec.n_vectors, spec.dim))
             if anomalous and spec.anomaly == "other_id":  # normal data of the next id, labelled as this one
                 x = rng.normal(size=(spec.n_vectors, RANK)) @ w + 0.3 * rng.normal(size=(spec.n_vectors, spec.dim))
-                x = x + 2.0 * ((k + 1) % len(id_names) - k)
-            out.append(torch.tensor(x + 5.0 + 2.0 * k, dtype=torch.float32))
+                x = x + 2.0 * ((k + 1) % len(id_names) - k) * tilt
+            out.append(torch.tensor(x + 5.0 + 2.0 * k * tilt, dtype=torch.float32))
             ids.append(id_names[k])
         return out, (ids if spec.n_ids else None)
 

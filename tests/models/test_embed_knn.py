@@ -11,7 +11,8 @@ import pytest
 import torch
 
 from models.bundle import load_bundle, save_bundle
-from models.detectors.embed_knn import EmbedKnn, segment_embeddings
+from models.detectors._segments import segment_embeddings
+from models.detectors.embed_knn import EmbedKnn
 from models.features import LogMelConfig
 from models.features.mfcc import MfccConfig
 from models.training.recipe import build_spec, fit_bundle
