@@ -25,7 +25,8 @@ def model_config(entry: str) -> tuple[str, dict[str, Any]]:
     `MODEL:ddae` swap the config's feature-cleaning autoencoder stage for that one (its network settings kept), and
     `MODEL:none` drops it: the study's "with and without" comparison without a config file per variant.
     `MODEL:KEY=VALUE` (repeatable, `:`-separated) sets one hyper-parameter, VALUE read as YAML:
-    `deep_svdd:objective=soft-boundary` is the row `deep_svdd+objective-soft-boundary`.
+    `deep_svdd:objective=soft-boundary` is the row `deep_svdd+objective-soft-boundary`; `feature.KEY=VALUE` sets a
+    feature setting instead (`modspec_graph:feature.log_envelope=true`).
     """
     from offline.train import load_config
 
@@ -36,7 +37,8 @@ def model_config(entry: str) -> tuple[str, dict[str, Any]]:
     for variant in variants:
         if "=" in variant:
             key, _, value = variant.partition("=")
-            config = {**config, "params": {**(config.get("params") or {}), key: yaml.safe_load(value)}}
+            section, _, name = key.rpartition(".") if key.startswith("feature.") else ("params", "", key)
+            config = {**config, section: {**(config.get(section) or {}), name: yaml.safe_load(value)}}
             label += f"+{key}-{value}"
         else:
             config, suffix = _swap_cleaning(config, variant, entry, path)

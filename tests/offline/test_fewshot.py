@@ -138,6 +138,15 @@ def test_auto_chooses_per_unit_from_training_clips_and_records_why(real: Path, t
         best = max(sel["pseudo_auc"].values())
         assert sel["chosen"] == min(n for n, v in sel["pseudo_auc"].items() if v == best), unit
     assert set(doc["models"]["auto"]["candidates"]) == set(default_candidates())
+    from benchmarks.fewshot_recommend import recommend
+
+    rec = recommend(doc)["half"]
+    means = {n: [s["pseudo_auc"][n] for s in run["selected"].values() if n in s["pseudo_auc"]]
+             for n in default_candidates()}
+    means = {n: sum(v) / len(v) for n, v in means.items() if v}
+    assert rec["mean_pseudo_auc"] == pytest.approx(means)
+    assert rec["recommended"] == max(sorted(means), key=lambda n: means[n])
+    assert sum(rec["times_chosen"].values()) == len(run["selected"])
 
 
 def test_pairing_two_stored_runs_equals_one_run_with_both(real: Path, tmp_path: Path) -> None:
@@ -159,3 +168,12 @@ def test_pairing_two_stored_runs_equals_one_run_with_both(real: Path, tmp_path: 
     assert fewshot_pair.main([str(out / "a.json"), str(out / "b.json"), "--name", "ab", "--real-dir", str(real),
                               "--out-dir", str(out)]) == 0
     assert json.loads((out / "ab.json").read_text())["sources"] == ["a.json", "b.json"]
+
+
+def test_variants_set_a_hyper_parameter_or_a_feature_setting() -> None:
+    from benchmarks.common import model_config
+
+    label, config = model_config("modspec_graph:feature.log_envelope=true:n_clusters=4")
+    assert label == "modspec_graph+feature.log_envelope-true+n_clusters-4"
+    assert config["feature"]["log_envelope"] is True and config["feature"]["n_mels"] == 32  # the rest as shipped
+    assert config["params"]["n_clusters"] == 4 and "log_envelope" not in config["params"]
