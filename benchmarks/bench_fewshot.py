@@ -157,7 +157,18 @@ def train_config(entry: str, epochs: int | None, seed: int) -> tuple[str, dict[s
 def run_detector(entry: str, units: Sequence[Unit], seed: int, level: str, epochs: int | None, audio: Audio,
                  work: Path) -> tuple[str, dict[str, list[float]], float] | tuple[str, dict[str, list[float]], float,
                                                                                  dict[str, Any]]:
-    """Train `entry` on one split at one level and score every unit's test clips: (label, scores per unit, s)."""
+    """Train `entry` on one split at one level and score every unit's test clips: (label, scores per unit, s), and
+    for `auto` each unit's selection record."""
+    t0 = time.perf_counter()
+    label, bundles, extra = train_units(entry, units, seed, level, epochs, audio, work)
+    scores = {u.name: score_unit(bundles[k], u, k, seed, audio) for k, u in enumerate(units)}
+    return (label, scores, time.perf_counter() - t0, *([extra] if extra else []))
+
+
+def train_units(entry: str, units: Sequence[Unit], seed: int, level: str, epochs: int | None, audio: Audio,
+                work: Path) -> tuple[str, dict[int, Any], dict[str, Any]]:
+    """`entry` trained on one split at one level: (label, the bundle that scores each unit, by unit index, and for
+    `auto` the selection records)."""
     from models.bundle import load_bundle
     from models.detectors import get_detector
     from models.training.recipe import train_bundle
@@ -165,54 +176,55 @@ def run_detector(entry: str, units: Sequence[Unit], seed: int, level: str, epoch
 
     label, config = train_config(entry, epochs, seed)
     if entry == AUTO:
-        return run_selected(config["candidates"], units, seed, level, audio, work)
+        return AUTO, *train_selected(config["candidates"], units, seed, level, audio, work)
     by_ids = get_detector(config["model"]).needs_ids
-    t0 = time.perf_counter()
-    train: dict[int, list[Path]] = {}
-    for k, unit in enumerate(units):
-        half, _ = split(unit, k, seed)
-        train[k] = half[: level_size(level, len(half))]
     groups = ([[k for k, u in enumerate(units) if u.machine == m] for m in sorted({u.machine for u in units})]
               if by_ids else [[k] for k in range(len(units))])
-    scores: dict[str, list[float]] = {}
+    bundles: dict[int, Any] = {}
     for group in groups:
         clips = [Clip(path=p, machine=units[k].machine, id=units[k].id, split="train", label="normal")
-                 for k in group for p in train[k]]
+                 for k in group for p in training_clips(units[k], k, seed, level)]
         out = work / f"{label}_{seed}_{level}_{group[0]}"
         train_bundle(clips, config["model"], units[group[0]].machine, out, config, progress=False)
         bundle = load_bundle(out, device="cpu")
-        for k in group:
-            tests = test_clips(units[k], k, seed)
-            wavs = [audio(p, bundle.sample_rate) for p in tests]
-            scores[units[k].name] = [float(s) for s in bundle.score_wavs(wavs, ids=[units[k].id] * len(wavs))]
-    return label, scores, time.perf_counter() - t0
+        bundles.update({k: bundle for k in group})
+    return label, bundles, {}
 
 
-def run_selected(candidates: dict[str, dict[str, Any]], units: Sequence[Unit], seed: int, level: str, audio: Audio,
-                 work: Path) -> tuple[str, dict[str, list[float]], float, dict[str, Any]]:
+def training_clips(unit: Unit, unit_index: int, seed: int, level: str) -> list[Path]:
+    """A unit's training clips in one split at one level: the first of its training half."""
+    half, _ = split(unit, unit_index, seed)
+    return half[: level_size(level, len(half))]
+
+
+def score_unit(bundle: Any, unit: Unit, unit_index: int, seed: int, audio: Audio, gain_db: float = 0.0) -> list[float]:
+    """A unit's test clips scored by `bundle` with the unit's id, each clip's samples scaled by `gain_db`."""
+    scale = np.float32(10 ** (gain_db / 20))
+    wavs = [audio(p, bundle.sample_rate) * scale for p in test_clips(unit, unit_index, seed)]
+    return [float(s) for s in bundle.score_wavs(wavs, ids=[unit.id] * len(wavs))]
+
+
+def train_selected(candidates: dict[str, dict[str, Any]], units: Sequence[Unit], seed: int, level: str, audio: Audio,
+                   work: Path) -> tuple[dict[int, Any], dict[str, Any]]:
     """The `auto` entry: per unit, `models.training.selection` chooses among `candidates` on the unit's training
-    clips alone (pseudo-faults, no test clip read), then the chosen detector is trained and scored like any other.
-    Also returns each unit's selection record."""
+    clips alone (pseudo-faults, no test clip read), then the chosen detector is trained like any other. Returns the
+    bundles by unit index and each unit's selection record."""
     from models.bundle import load_bundle
     from models.training.recipe import train_bundle
     from models.training.selection import select_detector
     from offline.datasets.records import Clip
 
-    t0 = time.perf_counter()
-    scores: dict[str, list[float]] = {}
+    bundles: dict[int, Any] = {}
     selected: dict[str, Any] = {}
     for k, unit in enumerate(units):
-        half, _ = split(unit, k, seed)
         clips = [Clip(path=p, machine=unit.machine, id=unit.id, split="train", label="normal")
-                 for p in half[: level_size(level, len(half))]]
+                 for p in training_clips(unit, k, seed, level)]
         choice = select_detector(clips, unit.machine, candidates, seed=seed, load=lambda c, rate: audio(c.path, rate))
         selected[unit.name] = choice.to_dict()
         out = work / f"{AUTO}_{seed}_{level}_{k}"
         train_bundle(clips, choice.chosen, unit.machine, out, candidates[choice.chosen], progress=False)
-        bundle = load_bundle(out, device="cpu")
-        wavs = [audio(p, bundle.sample_rate) for p in test_clips(unit, k, seed)]
-        scores[unit.name] = [float(s) for s in bundle.score_wavs(wavs, ids=[unit.id] * len(wavs))]
-    return AUTO, scores, time.perf_counter() - t0, {"selected": selected}
+        bundles[k] = load_bundle(out, device="cpu")
+    return bundles, {"selected": selected}
 
 
 def test_clips(unit: Unit, unit_index: int, seed: int) -> list[Path]:

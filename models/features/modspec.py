@@ -16,6 +16,9 @@ Per window:
    offline clips of other lengths give comparable vectors of one fixed dimension. The bins sum to the taper-weighted
    variance of the envelope (Parseval), in envelope units squared.
 4. `10 log10(power + EPS)`, band-major: `n_mels` blocks of `n_mod_bins` values.
+5. `level_norm`: the mean of the window's values subtracted. A gain of g dB scales every linear envelope alike and
+   so adds g dB to every value: without its mean the vector does not depend on the microphone's gain, and keeps
+   the relative band levels and modulation depths (`log_envelope` removes the band levels as well).
 
 Defaults, for 16 kHz machine sounds: n_fft 512 (32 ms): a frame's Hann window smooths the envelope, and at 32 ms it
 passes 30 Hz modulations with at most 6 dB loss (1024 samples would lose 16-30 Hz almost entirely); hop 128 (an
@@ -60,6 +63,7 @@ class ModSpecConfig(WindowFeature):
     fmin: float = 0.0
     fmax: float | None = None
     log_envelope: bool = False
+    level_norm: bool = False
     mod_fmin: float = 0.5
     mod_fmax: float = 32.0
     n_mod_bins: int = 12
@@ -73,8 +77,9 @@ class ModSpecConfig(WindowFeature):
         if not 0.0 <= self.fmin < top <= nyquist:
             raise ValueError(f"modspec: need 0 <= fmin < fmax <= {nyquist:g} Hz (Nyquist), "
                              f"got fmin={self.fmin!r}, fmax={self.fmax!r}")
-        if not isinstance(self.log_envelope, bool):
-            raise ValueError(f"modspec: log_envelope must be true or false, got {self.log_envelope!r}")
+        for name in ("log_envelope", "level_norm"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"modspec: {name} must be true or false, got {getattr(self, name)!r}")
         env_nyquist = self.frame_rate / 2
         if not 0.0 < self.mod_fmin < self.mod_fmax <= env_nyquist:
             raise ValueError(f"modspec: need 0 < mod_fmin < mod_fmax <= {env_nyquist:g} Hz (half the envelope rate "
@@ -166,6 +171,8 @@ class ModSpecConfig(WindowFeature):
         rows = out.view(b * bands, self.n_mod_bins)
         torch.mm(sq[:, plan.lo : plan.hi], plan.pool, out=rows)
         rows.mul_(plan.scale).add_(EPS).log10_().mul_(10.0)
+        if self.level_norm:
+            out.sub_(out.mean(dim=1, keepdim=True))
 
 
 @dataclass(frozen=True)

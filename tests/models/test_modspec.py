@@ -122,6 +122,17 @@ def test_log_envelope_ignores_the_level() -> None:
     assert float(drop) == pytest.approx(40.0, abs=0.1)
 
 
+def test_level_norm_removes_the_gain_and_keeps_the_band_levels() -> None:
+    x = am_tone(3.0)  # a modulated tone in noise: bands at different levels
+    plain, normed = ModSpecConfig(), ModSpecConfig(level_norm=True)
+    quiet = x * np.float32(10 ** (-6 / 20))
+    np.testing.assert_allclose(normed.extract(quiet)[0].numpy(), normed.extract(x)[0].numpy(), atol=0.02)
+    shift = plain.extract(x)[0].numpy() - plain.extract(quiet)[0].numpy()
+    np.testing.assert_allclose(shift, 6.0, atol=0.05)  # without it, every value moves by the gain
+    v = plain.extract(x)[0].numpy()
+    np.testing.assert_allclose(normed.extract(x)[0].numpy(), v - v.mean(), atol=1e-4)  # only the mean is gone
+
+
 def test_windows_and_settings() -> None:
     cfg = ModSpecConfig()
     assert cfg.dim == 384 and cfg.min_window == 512 + 15 * 128
@@ -145,6 +156,7 @@ def test_windows_and_settings() -> None:
         ({"fmax": 9000.0}, "9000"),
         ({"fmin": 4000.0, "fmax": 3000.0}, "fmin=4000.0"),
         ({"log_envelope": "yes"}, "log_envelope"),
+        ({"level_norm": 1}, "level_norm"),
     ],
 )
 def test_invalid_settings(bad: dict, match: str) -> None:
