@@ -177,3 +177,30 @@ def test_variants_set_a_hyper_parameter_or_a_feature_setting() -> None:
     assert label == "modspec_graph+feature.log_envelope-true+n_clusters-4"
     assert config["feature"]["log_envelope"] is True and config["feature"]["n_mels"] == 32  # the rest as shipped
     assert config["params"]["n_clusters"] == 4 and "log_envelope" not in config["params"]
+
+
+def test_gain_benchmark_tells_a_level_sensitive_variant_from_a_level_invariant_one(tmp_path: Path) -> None:
+    """benchmarks/bench_gain: the modulation spectrum in dB moves with the gain, its level-normalised variant not
+    (full-band clips at the features' 16 kHz, so that no band sits at the dB floor, where no gain moves it)."""
+    from benchmarks import bench_gain
+
+    root = tmp_path / "real"
+    (root / "set").mkdir(parents=True)
+    rows = []
+    for i, label in enumerate(["normal"] * 12 + ["anomaly"] * 3):
+        sf.write(root / "set" / f"{label}{i}.wav", machine_audio(1.0, i, anomalous=label == "anomaly", sr=16000), 16000,
+                 subtype="FLOAT")
+        rows.append({"path": f"set/{label}{i}.wav", "machine": "hum", "id": "id_00", "label": label})
+    with (root / "manifest.csv").open("w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=["path", "machine", "id", "label"])
+        w.writeheader()
+        w.writerows(rows)
+    out = tmp_path / "results"
+    assert bench_gain.main(["--models", "modspec_graph,modspec_graph:feature.level_norm=true", "--real-dir", str(root),
+                            "--splits", "1", "--name", "g", "--out-dir", str(out)]) == 0
+    doc = json.loads((out / "g.json").read_text())
+    plain, normed = doc["models"]["modspec_graph"], doc["models"]["modspec_graph+feature.level_norm-true"]
+    assert set(plain["gain_auc"]) == {str(g) for g in bench_gain.GAINS_DB}
+    assert plain["gain_auc"]["6.0"] == 1.0 and plain["gain_auc"]["-6.0"] == 1.0  # 6 dB away from every normal
+    assert all(abs(v - 0.5) < 0.1 for v in normed["gain_auc"].values()), normed["gain_auc"]
+    assert normed["anomaly_auc"] > 0.6  # the whine is still heard by its spectrum (part of what it added was level)
