@@ -56,8 +56,10 @@ log = logging.getLogger("bench_fewshot")
 
 MIN_NORMALS, MIN_ANOMALIES = 4, 1
 REFERENCES = ("rms_level", "chance")
-PAIRED = ("rms_level", "dcase_ae")
-AUTO = "auto"  # the detector `models.training.selection` chooses per unit from its training clips (not a model)  # every detector's difference to these, when they are in the run
+PAIRED = ("rms_level", "dcase_ae")  # every detector's difference to these, when they are in the run
+# the detector `models.training.selection` chooses per unit from its training clips (not a model): `auto` among the
+# default candidates, `auto[A;B]` among the entries A and B (variants allowed: `auto[embed_knn;modspec_graph:...]`)
+AUTO = "auto"
 _DOMAIN = re.compile(r"_(source|target)_")
 
 
@@ -142,9 +144,11 @@ def train_config(entry: str, epochs: int | None, seed: int) -> tuple[str, dict[s
     from models.detectors import get_detector
     from models.training.selection import default_candidates
 
-    if entry == AUTO:
-        return AUTO, {"model": AUTO, "candidates": {name: train_config(name, epochs, seed)[1]
-                                                    for name in default_candidates()}}
+    if entry == AUTO or (entry.startswith(f"{AUTO}[") and entry.endswith("]")):
+        names = entry[len(AUTO) + 1 : -1].split(";") if entry != AUTO else default_candidates()
+        candidates = dict(train_config(name, epochs, seed) for name in names)
+        label = AUTO if entry == AUTO else f"{AUTO}[{', '.join(candidates)}]"
+        return label, {"model": AUTO, "candidates": candidates}
     label, config = model_config(entry)
     model = config.get("model", entry)
     params = dict(config.get("params") or {})
@@ -175,8 +179,8 @@ def train_units(entry: str, units: Sequence[Unit], seed: int, level: str, epochs
     from offline.datasets.records import Clip
 
     label, config = train_config(entry, epochs, seed)
-    if entry == AUTO:
-        return AUTO, *train_selected(config["candidates"], units, seed, level, audio, work)
+    if config["model"] == AUTO:
+        return label, *train_selected(config["candidates"], units, seed, level, audio, work)
     by_ids = get_detector(config["model"]).needs_ids
     groups = ([[k for k, u in enumerate(units) if u.machine == m] for m in sorted({u.machine for u in units})]
               if by_ids else [[k] for k in range(len(units))])
@@ -222,7 +226,8 @@ def train_selected(candidates: dict[str, dict[str, Any]], units: Sequence[Unit],
         choice = select_detector(clips, unit.machine, candidates, seed=seed, load=lambda c, rate: audio(c.path, rate))
         selected[unit.name] = choice.to_dict()
         out = work / f"{AUTO}_{seed}_{level}_{k}"
-        train_bundle(clips, choice.chosen, unit.machine, out, candidates[choice.chosen], progress=False)
+        config = candidates[choice.chosen]
+        train_bundle(clips, config.get("model", choice.chosen), unit.machine, out, config, progress=False)
         bundles[k] = load_bundle(out, device="cpu")
     return bundles, {"selected": selected}
 
@@ -354,7 +359,7 @@ def main(argv: list[str] | None = None) -> int:
                 for ref, scores in reference_scores(units, seed, audio).items():
                     runs.setdefault(ref, []).append({"seed": seed, "scores": scores})
                 for entry in entries:
-                    label = model_config(entry)[0]
+                    label = train_config(entry, args.epochs, 0)[0]
                     if label in failed.get(level, {}):
                         continue
                     try:

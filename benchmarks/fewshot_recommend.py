@@ -23,12 +23,13 @@ from typing import Any
 from benchmarks.common import RESULTS, write_result
 
 
-def recommend(doc: dict[str, Any]) -> dict[str, Any]:
-    """Per level: mean pseudo-AUC and number of measurements per candidate, how often each was chosen, the
-    highest (ties: the first alphabetically, as the selection itself breaks them)."""
+def recommend(doc: dict[str, Any], label: str = "auto") -> dict[str, Any]:
+    """Per level, for the `label` entry (`auto`, or `auto[...]` with its own candidates): mean pseudo-AUC and
+    number of measurements per candidate, how often each was chosen, the highest (ties: the first in name order,
+    as the selection itself breaks them)."""
     out: dict[str, Any] = {}
     for level, body in doc["levels"].items():
-        runs = body["runs"].get("auto")
+        runs = body["runs"].get(label)
         if not runs:
             continue
         values: dict[str, list[float]] = defaultdict(list)
@@ -48,18 +49,19 @@ def recommend(doc: dict[str, Any]) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("auto", type=Path, help="a bench_fewshot result with the auto entry")
+    parser.add_argument("auto", type=Path, help="a bench_fewshot result with an auto entry")
+    parser.add_argument("--entry", default="auto", help="the auto entry's label (default auto)")
     parser.add_argument("--name", default="fewshot_recommend")
     parser.add_argument("--out-dir", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
     doc = json.loads(args.auto.read_text())
-    levels = recommend(doc)
+    levels = recommend(doc, args.entry)
     if not levels:
-        raise SystemExit(f"{args.auto}: no auto entry in any level")
+        raise SystemExit(f"{args.auto}: no {args.entry!r} entry in any level")
     for level, r in levels.items():
         table = ", ".join(f"{n} {v:.3f}" for n, v in sorted(r["mean_pseudo_auc"].items(), key=lambda kv: -kv[1]))
         print(f"{level:>5}: recommended {r['recommended']}  (mean pseudo-AUC: {table}; chosen {r['times_chosen']})")
-    out = write_result(args.name, {"source": str(args.auto), "protocol": doc["protocol"], "splits": doc["splits"],
+    out = write_result(args.name, {"source": str(args.auto), "entry": args.entry, "protocol": doc["protocol"], "splits": doc["splits"],
                                    "levels": levels}, args.out_dir)
     print(f"wrote {out}")
     return 0

@@ -125,13 +125,14 @@ def select_detector(
     seed: int = 0,
     load: Callable[[ClipLike, int], np.ndarray] | None = None,
 ) -> Selection:
-    """Pseudo-AUC of each candidate (`configs`: name -> training config, in the order ties are broken) on the
+    """Pseudo-AUC of each candidate (`configs`: name -> training config, in the order ties are broken; the
+    config's `model`, else the name, is the detector, so that two variants of one detector can compete) on the
     normal training clips of `machine`; the highest wins. `load(clip, sample_rate)` reads a clip (default: the
     training reader, resampling as training does)."""
     if not configs:
         raise ValueError("no candidate detectors to choose from")
-    for name in configs:
-        cls = get_detector(name)
+    for name, config in configs.items():
+        cls = get_detector(config.get("model", name))
         if cls.bundle_kind != "detector" or cls.combines_members:
             raise ValueError(f"{name} cannot be a candidate: only single detectors trained on normal clips can")
     chosen = select_training_clips(clips, machine, ids)
@@ -150,7 +151,8 @@ def select_detector(
     failed: dict[str, str] = {}
     for name, config in configs.items():
         try:
-            spec = build_spec(name, config, device="cpu", progress=False)
+            model = config.get("model", name)
+            spec = build_spec(model, config, device="cpu", progress=False)
             rate = spec.feature.sample_rate
             if rate not in audio:
                 audio[rate] = [read(c, rate) for c in chosen]
@@ -160,7 +162,7 @@ def select_detector(
             aucs = []
             for held in folds:
                 rest = np.setdiff1d(order, held)
-                fresh = build_spec(name, config, device="cpu", progress=False)
+                fresh = build_spec(model, config, device="cpu", progress=False)
                 chain, _ = fit_chain(fresh, [feats[i] for i in rest], [clip_ids[i] for i in rest])
                 normal = chain.score_windows([feats[i] for i in held], [clip_ids[i] for i in held])
                 bad_feats = [f for i in held for f in fault_feats[i]]

@@ -110,3 +110,12 @@ def test_select_cli_trains_the_chosen_detector_and_its_bundle_says_why(tmp_path:
     bundle = load_bundle(out, device="cpu")
     assert bundle.name == got["chosen"]
     assert bundle.meta["training"]["selection"]["pseudo_auc"] == got["pseudo_auc"]
+
+
+def test_two_variants_of_one_detector_compete_under_their_own_names() -> None:
+    clips = [_Clip(Path(f"{i}.wav")) for i in range(4)]
+    configs = {"plain": {"model": "modspec_graph"},
+               "level": {"model": "modspec_graph", "feature": {"kind": "modspec", "level_norm": True}}}
+    sel = select_detector(clips, "fan", configs, load=_hum)
+    assert set(sel.pseudo_auc) == {"plain", "level"} and sel.chosen in configs
+    assert sel.pseudo_auc["plain"] != sel.pseudo_auc["level"]  # not the same features twice
