@@ -21,7 +21,8 @@ CLEANING_STAGES = ("ddae", "ae_clean")  # the feature-cleaning autoencoder stage
 def model_config(entry: str) -> tuple[str, dict[str, Any]]:
     """(row label, training config) for a benchmark's model entry.
 
-    `MODEL` is the shipped `configs/MODEL.yaml` (the model's defaults when there is none). `MODEL:ae_clean` /
+    `MODEL` is the shipped `configs/MODEL.yaml`, or a named variant `configs/variants/MODEL.yaml`
+    (`ensemble_fewshot`); the model's defaults when there is neither. `MODEL:ae_clean` /
     `MODEL:ddae` swap the config's feature-cleaning autoencoder stage for that one (its network settings kept), and
     `MODEL:none` drops it: the study's "with and without" comparison without a config file per variant.
     `MODEL:KEY=VALUE` (repeatable, `:`-separated) sets one hyper-parameter, VALUE read as YAML:
@@ -31,7 +32,8 @@ def model_config(entry: str) -> tuple[str, dict[str, Any]]:
     from offline.train import load_config
 
     model, *variants = entry.split(":")
-    path = CONFIGS / f"{model}.yaml"
+    path = next((p for p in (CONFIGS / f"{model}.yaml", CONFIGS / "variants" / f"{model}.yaml") if p.exists()),
+                CONFIGS / f"{model}.yaml")
     config = load_config(path) if path.exists() else {"model": model}  # an ensemble's member configs inlined
     label = model
     for variant in variants:
