@@ -204,3 +204,25 @@ def test_gain_benchmark_tells_a_level_sensitive_variant_from_a_level_invariant_o
     assert plain["gain_auc"]["6.0"] == 1.0 and plain["gain_auc"]["-6.0"] == 1.0  # 6 dB away from every normal
     assert all(abs(v - 0.5) < 0.1 for v in normed["gain_auc"].values()), normed["gain_auc"]
     assert normed["anomaly_auc"] > 0.6  # the whine is still heard by its spectrum (part of what it added was level)
+
+
+def test_the_default_rule_leaves_one_type_out_and_drops_gain_dependent_detectors() -> None:
+    from benchmarks.fewshot_default import gain_independent, leave_one_type_out, type_aucs
+
+    def doc(label: str, machines: dict[str, float]) -> dict:
+        return {"levels": {"half": {"summary": {label: {"machines": machines}, "chance": {"machines": {}}}}}}
+
+    results = [doc("steady", {"a": 0.7, "b": 0.7, "c": 0.7}), doc("spiky", {"a": 0.9, "b": 0.9, "c": 0.2}),
+               doc("loud", {"a": 1.0, "b": 1.0, "c": 1.0})]
+    gain = {"models": {"steady": {"gain_auc": {"-3.0": 0.52, "3.0": 0.49}},
+                       "spiky": {"gain_auc": {"-3.0": 0.5, "3.0": 0.5}},
+                       "loud": {"gain_auc": {"-3.0": 0.2, "3.0": 0.9}}}}
+    ok = gain_independent([gain])
+    assert ok == {"steady": True, "spiky": True, "loud": False}
+    aucs = type_aucs(results)["half"]
+    assert "chance" not in aucs
+    r = leave_one_type_out({k: v for k, v in aucs.items() if ok[k]})
+    # leaving c out, spiky wins on a and b (0.9) and gets 0.2 on c; leaving a or b out, steady wins (0.7 > 0.55)
+    assert {t: h["chosen"] for t, h in r["held_out"].items()} == {"a": "steady", "b": "steady", "c": "spiky"}
+    assert r["rule_mean_auc"] == pytest.approx((0.7 + 0.7 + 0.2) / 3)
+    assert r["chosen_on_all_types"] == "steady" and r["its_mean_auc"] == pytest.approx(0.7)  # 0.7 > 0.667
