@@ -52,7 +52,10 @@ def test_a_virtual_microphone_is_captured_scored_and_alarmed(tmp_path, bundle_di
     assert player.wait(timeout=30) == 0, player.stderr.read() if player.stderr else ""
     wait_until(lambda: any(e["kind"] == "alarm" for e in journal_events(journal)), 15, "an alarm")
     assert loud_scores(journal), "the played sound never reached the pipeline"
-    assert journal_events(journal)[0]["detail"].startswith(MIC)  # opened by name
+    events = journal_events(journal)
+    assert [e for e in events if e["kind"] == "status"][0]["detail"].startswith(MIC)  # opened by name
+    kinds = [e["kind"] for e in events]
+    assert kinds.index("threshold") < kinds.index("score")  # how sure the threshold is, before the first score
     alarms = [e for e in journal_events(journal) if e["kind"] == "alarm"]
     assert alarms[0]["type"] == "new" and alarms[0]["source"] == MIC
 
