@@ -13,6 +13,7 @@ import pytest
 
 from monitor.events import AlarmEvent, CounterEvent, ScoreUpdate, SourceStatus
 from monitor.sinks.prometheus import PrometheusSink
+from tests.helpers import calibrated_info
 from tests.integration.conftest import wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
@@ -51,6 +52,7 @@ def feed_forever(sink: PrometheusSink, stop: threading.Event) -> None:
     """What a running daemon (with a noise classifier) would emit for two sources, ten times a second, until
     stopped."""
     for source in SOURCES:
+        sink.publish(calibrated_info(source, [1.0, 1.2, 0.9, 1.4, 1.1], 1.3))  # at start: 1 of 5 above
         sink.publish(SourceStatus(source, "online"))
         sink.publish(AlarmEvent("new", f"{source}-1", source, "dcase_ae", 2.0, 2.0, 1.0, start_time=0.0))
     tick = 0
@@ -82,7 +84,8 @@ def test_dashboard_structure() -> None:
     exprs = " ".join(expr for _, expr in panel_queries())
     for needed in ("asd_anomaly_score", "asd_anomaly_threshold", "asd_alarm_active", "asd_audio_level_dbfs",
                    "asd_audio_dropped_blocks_total", "histogram_quantile(0.99", "histogram_quantile(0.5",
-                   "asd_processing_lag_seconds", "asd_noise_score"):
+                   "asd_processing_lag_seconds", "asd_noise_score", "asd_threshold_false_alarm_rate",
+                   "asd_threshold_calibration_scores"):
         assert needed in exprs, needed
 
 
