@@ -171,6 +171,24 @@ def test_shipped_configs_state_the_code_defaults_and_build(path: Path) -> None:
     assert [s.name for s in spec.stages] == [s if isinstance(s, str) else s["name"] for s in config.get("stages", [])]
 
 
+# dcase_ae_denoised names a denoiser bundle the user trains first: tests/offline/test_noise_cli.py builds it so
+VARIANTS = sorted(p for p in (REPO / "configs" / "variants").glob("*.yaml") if p.stem != "dcase_ae_denoised")
+
+
+@pytest.mark.parametrize("path", VARIANTS, ids=lambda p: p.stem)
+def test_variant_configs_load_and_build(path: Path) -> None:
+    """Named variants (configs/variants/) are read as `asd-offline train --config` reads them, members inlined."""
+    from models.training.recipe import build_spec
+    from offline.train import load_config
+
+    config = load_config(path)
+    spec = build_spec(config["model"], {k: v for k, v in config.items() if k != "pairs"})
+    assert spec.detector.name == config["model"]
+    for member in (config.get("params") or {}).get("members", []):
+        assert isinstance(member["config"], dict)  # read from its file, relative to the variant's folder
+        build_spec(member["model"], member["config"])
+
+
 def test_train_bundle_api_with_holdout_zero(dataset: Path, tmp_path: Path) -> None:
     """The monitor's demo calls this directly with a handful of clips and tiny epochs."""
     from offline.datasets.index import load_clips
