@@ -5,9 +5,11 @@ training clips and scored on held-out clips with and without synthetic faults ad
 says how, and why no anomaly label is read); the one with the highest pseudo-AUC is trained on all the clips as
 `asd-offline train` would, and its bundle records the selection (`training.selection` in bundle.json).
 
-Candidates: every registered detector that fits in one pass, one model per id (`default_candidates`), or
-`--candidates a,b`. Each is configured by `CONFIGS/<name>.yaml` when that file exists (`--configs`, default the
-repository's `configs/`), else by its defaults.
+Candidates: by default the one-pass detectors whose scores ignore the microphone gain (`GAIN_INDEPENDENT`:
+`embed_knn` and the level-normalised and modulation-depth variants of `modspec_graph`); `--candidates all` for
+every one-pass detector (`default_candidates`), or `--candidates a,b`. A candidate is a config name:
+`CONFIGS/<name>.yaml` or `CONFIGS/variants/<name>.yaml` (`--configs`, default the repository's `configs/`; the
+config's `model` is the detector), or a registered detector's name alone, which then trains with its defaults.
 """
 
 from __future__ import annotations
@@ -28,7 +30,8 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--id", dest="ids", action="append", metavar="ID",
                         help="use this machine id's clips only (repeatable); default: all ids of the type")
     parser.add_argument("--candidates", metavar="A,B",
-                        help="comma-separated detectors to choose from (default: every one-pass detector)")
+                        help="comma-separated configs or detectors to choose from, or 'all' (every one-pass "
+                             "detector); default: the gain-independent ones")
     parser.add_argument("--configs", type=Path, default=Path("configs"), metavar="DIR",
                         help="folder of <detector>.yaml configs (default ./configs; a detector without one uses its "
                              "defaults)")
@@ -41,29 +44,35 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
 
 
 def candidate_configs(names: list[str], folder: Path) -> dict[str, dict[str, Any]]:
-    """name -> training config: `folder/<name>.yaml` when it exists, else the detector's defaults."""
+    """name -> training config: `folder/<name>.yaml` or `folder/variants/<name>.yaml` when one exists, else the
+    defaults of the detector called `name`."""
     from models.detectors import get_detector
     from offline.train import load_config
 
     out = {}
     for name in names:
-        get_detector(name)  # unknown names: the registry's error, listing the known ones
-        path = folder / f"{name}.yaml"
-        if path.exists():
-            out[name] = load_config(path)
+        path = next((p for p in (folder / f"{name}.yaml", folder / "variants" / f"{name}.yaml") if p.exists()), None)
+        if path is not None:
+            out[name] = {"model": name, **load_config(path)}
         else:
-            log.info("%s: no %s, its default settings are used", name, path)
+            get_detector(name)  # neither a config nor a detector: the registry's error, listing the detectors
+            log.info("%s: no %s, its default settings are used", name, folder / f"{name}.yaml")
             out[name] = {"model": name}
     return out
 
 
 def run(args: argparse.Namespace) -> int:
     from models.training.recipe import train_bundle
-    from models.training.selection import default_candidates, select_detector
+    from models.training.selection import GAIN_INDEPENDENT, default_candidates, select_detector
     from offline.datasets.index import load_clips
     from offline.train import apply_flags
 
-    names = [n.strip() for n in args.candidates.split(",") if n.strip()] if args.candidates else default_candidates()
+    if args.candidates == "all":
+        names = default_candidates()
+    elif args.candidates:
+        names = [n.strip() for n in args.candidates.split(",") if n.strip()]
+    else:
+        names = list(GAIN_INDEPENDENT)
     configs = {name: apply_flags(cfg, args) for name, cfg in candidate_configs(names, args.configs).items()}
     clips = load_clips(args.data, machine=args.machine, lenient=False)
     choice = select_detector(clips, args.machine, configs, ids=args.ids, seed=args.seed or 0)
@@ -74,7 +83,8 @@ def run(args: argparse.Namespace) -> int:
     if args.report:
         args.report.write_text(json.dumps(report, indent=2) + "\n")
     if args.out:
-        train_bundle(clips, choice.chosen, args.machine, args.out, configs[choice.chosen], ids=args.ids,
+        config = configs[choice.chosen]
+        train_bundle(clips, config["model"], args.machine, args.out, config, ids=args.ids,
                      data_source=str(args.data), progress=False, extra_summary={"selection": report})
         print(f"wrote {args.out}: {choice.chosen} (chosen on {choice.n_clips} normal clips, {choice.folds} folds)")
     return 0

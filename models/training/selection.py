@@ -9,8 +9,9 @@ choosing on the answer. This module gives every candidate a stand-in measured on
   fault drawn from its own seed).
 - The candidate's *pseudo-AUC* is the mean over folds of the AUC of those two sets of scores (ties count half).
   The candidate with the highest is chosen; ties go to the first in candidate order, which is alphabetical.
-- The default candidates are every registered detector that fits in one pass, takes one model per id and is not
-  an ensemble (`default_candidates`): no hand-picked list.
+- Candidates: `default_candidates()` is every registered detector that fits in one pass, takes one model per id
+  and is not an ensemble (the few-normals benchmark's `auto` entry); `asd-offline select` defaults to those of
+  them, in the configs that make them so, whose scores ignore the microphone gain (`GAIN_INDEPENDENT`).
 
 The faults are additive, generic versions of the synthetic generator's (`models.synth`): a harmonic whine (a
 worn bearing or gear), periodic impacts ringing at a resonance (a loose part, a chipped tooth), and a band of hiss
@@ -38,6 +39,10 @@ from models.training.recipe import MAX_FOLDS, ClipLike, build_spec, fit_chain, s
 
 log = logging.getLogger(__name__)
 
+# `asd-offline select`'s default candidates: the one-pass detectors whose scores ignore the microphone gain
+# (benchmarks/results/gain.json: gain AUC within 0.05 of 0.5 at +-3 dB), by config name (configs/ or
+# configs/variants/), in the order ties are broken. A monitor must not alarm when its input gain changes.
+GAIN_INDEPENDENT = ("embed_knn", "modspec_graph_level", "modspec_graph_depth")
 PSEUDO_FAULTS = ("whine", "impacts", "hiss")
 FAULT_LEVELS_DB = (-20.0, -10.0)  # the added sound's RMS relative to the clip's
 
@@ -199,4 +204,4 @@ def _read(clip: ClipLike, sample_rate: int) -> np.ndarray:
     return WavReader(clip.path, sample_rate=sample_rate, resample=True).read()
 
 
-__all__ = ["FAULT_LEVELS_DB", "PSEUDO_FAULTS", "Selection", "add_fault", "default_candidates", "select_detector"]
+__all__ = ["FAULT_LEVELS_DB", "GAIN_INDEPENDENT", "PSEUDO_FAULTS", "Selection", "add_fault", "default_candidates", "select_detector"]

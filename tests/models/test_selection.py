@@ -119,3 +119,23 @@ def test_two_variants_of_one_detector_compete_under_their_own_names() -> None:
     sel = select_detector(clips, "fan", configs, load=_hum)
     assert set(sel.pseudo_auc) == {"plain", "level"} and sel.chosen in configs
     assert sel.pseudo_auc["plain"] != sel.pseudo_auc["level"]  # not the same features twice
+
+
+def test_select_defaults_to_the_gain_independent_configs(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    from models.training.selection import GAIN_INDEPENDENT
+    from offline.select import candidate_configs
+
+    repo_configs = Path(__file__).resolve().parents[2] / "configs"
+    configs = candidate_configs(list(GAIN_INDEPENDENT), repo_configs)
+    assert [c["model"] for c in configs.values()] == ["embed_knn", "modspec_graph", "modspec_graph"]
+    assert configs["embed_knn"]["params"]["level_norm"] is True
+    assert configs["modspec_graph_level"]["feature"]["level_norm"] is True
+    assert configs["modspec_graph_depth"]["feature"]["log_envelope"] is True
+    with pytest.raises(ValueError, match="unknown"):
+        candidate_configs(["no_such_thing"], repo_configs)
+    data = write_dcase(tmp_path / "data", ids=("id_00",), n_train=4, seconds=2.0)
+    report = tmp_path / "sel.json"
+    assert main(["select", "--data", str(data), "--machine", "fan", "--configs", str(repo_configs),
+                 "--report", str(report)]) == 0
+    assert set(json.loads(report.read_text())["pseudo_auc"]) | set(json.loads(report.read_text())["failed"]) == set(
+        GAIN_INDEPENDENT)
