@@ -23,8 +23,10 @@ def machine_audio(seconds: float, seed: int, anomalous: bool = False, sr: int = 
     return x.astype(np.float32)
 
 
-def make_tiny_bundle(out: Path, window_seconds: float = 1.0, hop_seconds: float = 0.25, sr: int = SR) -> Path:
-    """A real `dcase_ae` bundle, small enough to train in about a second (tests only)."""
+def make_tiny_bundle(out: Path, window_seconds: float = 1.0, hop_seconds: float = 0.25, sr: int = SR,
+                     calibrated: bool = False) -> Path:
+    """A real `dcase_ae` bundle, small enough to train in about a second (tests only); `calibrated`: with the
+    calibration of its threshold on its training clips' scores, as `fit_bundle` records it with no held-out clips."""
     feature = LogMelConfig(sample_rate=sr, n_fft=256, hop_length=128, n_mels=24, context=2)
     clips = [feature.extract(machine_audio(2.0, seed, sr=sr)) for seed in range(6)]
     det = get_detector("dcase_ae")(hidden=32, bottleneck=4, n_layers=1, epochs=15, batch_size=64, progress=False,
@@ -32,7 +34,12 @@ def make_tiny_bundle(out: Path, window_seconds: float = 1.0, hop_seconds: float 
     det.fit(clips)
     normal = det.score(clips)
     threshold = float(normal.max() * 1.5)
-    return save_bundle(out, det, feature, threshold, {"method": "fixed"}, "hum", ["00"], {"clips": len(clips)},
+    info: dict = {"method": "fixed"}
+    if calibrated:
+        from models.threshold import calibration
+
+        info["calibration"] = {**calibration(normal, threshold, None), "scores": "training"}
+    return save_bundle(out, det, feature, threshold, info, "hum", ["00"], {"clips": len(clips)},
                        window_seconds=window_seconds, hop_seconds=hop_seconds)
 
 

@@ -451,6 +451,12 @@ def bundle_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
+def calibrated_bundle_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """`bundle_dir` with its threshold's calibration, as trained bundles have (the dashboard's threshold panel)."""
+    return make_tiny_bundle(tmp_path_factory.mktemp("daemon") / "bundle", calibrated=True)
+
+
+@pytest.fixture(scope="module")
 def noise_bundle_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A noise classifier for `bundle_dir`'s sources (same sample rate): `--noise-bundle`."""
     return make_noise_classifier_bundle(tmp_path_factory.mktemp("daemon") / "noise")

@@ -16,14 +16,14 @@ from tests.integration.test_grafana_dashboard import expand, panel_queries
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
 
 
-def test_two_nodes_with_same_source_names_stay_apart(tmp_path, bundle_dir, noise_bundle_dir, mosquitto,
+def test_two_nodes_with_same_source_names_stay_apart(tmp_path, calibrated_bundle_dir, noise_bundle_dir, mosquitto,
                                                       mqtt_collector, prometheus_server, daemons):
     live = mqtt_collector(["asd/#"])
     wav = anomalous_wav(tmp_path / "fan.wav", normal_s=2.0, fault_s=30.0, after_s=2.0)
     ports = {node: free_port() for node in ("a", "b")}
     for node, port in ports.items():
         state = tmp_path / f"state-{node}"
-        daemons.append(start_daemon(tmp_path, "--node", node, "--bundle", str(bundle_dir),
+        daemons.append(start_daemon(tmp_path, "--node", node, "--bundle", str(calibrated_bundle_dir),
                                     "--noise-bundle", str(noise_bundle_dir), "--replay", str(wav),
                                     "--loop", "--mqtt", mosquitto.url, "--prometheus-port", str(port),
                                     "--state-dir", str(state), config=ALARM_CONFIG))
