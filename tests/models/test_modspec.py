@@ -273,12 +273,14 @@ def test_default_feature_and_quick_fit_on_modulation_spectra() -> None:
     assert scores[4:].min() > scores[:4].max()
 
 
-def test_streamed_windows_equal_offline_scores_of_the_same_audio(tmp_path) -> None:
+@pytest.mark.parametrize("level_norm", [False, True])
+def test_streamed_windows_equal_offline_scores_of_the_same_audio(tmp_path, level_norm: bool) -> None:
     """The monitor's audio mode (window-level feature, vector detector) against offline scoring of each window."""
     from tests.helpers import machine_audio
     from tests.models.test_scoring import make_bundle, stream_windows, window_start
 
-    feature = {"kind": "modspec", "sample_rate": 8000, "n_fft": 256, "hop_length": 64, "n_mels": 16, "n_mod_bins": 6}
+    feature = {"kind": "modspec", "sample_rate": 8000, "n_fft": 256, "hop_length": 64, "n_mels": 16, "n_mod_bins": 6,
+               "level_norm": level_norm}
     bundle = make_bundle(tmp_path / "b", "modspec_graph", feature, [])
     x = np.concatenate([machine_audio(2.0, 42), machine_audio(1.5, 43, anomalous=True)])
     got = stream_windows(bundle, x, [1, 777, 3000, 64, 5000], "id_01")
