@@ -40,6 +40,7 @@ from models.training.recipe import (
     check_config,
     cross_fitted_scores,
     fit_bundle,
+    held_out_count,
     needs_cross_fit,
     select_training_clips,
     split_holdout,
@@ -160,5 +161,4 @@ def _cross_fit(n: int, holdout: float, specs: Sequence[ModelSpec]) -> bool:
     normaliser that calls every new clip anomalous), or too few for a member's gamma threshold. Fewer than 2 clips:
     `needs_cross_fit`'s ValueError."""
     member_needs = [needs_cross_fit(n, holdout, gamma=s.threshold["method"] == "gamma") for s in specs]
-    n_hold = max(1, round(holdout * n)) if holdout > 0 else 0
-    return n_hold < MIN_HELD_OUT or any(member_needs)
+    return held_out_count(n, holdout) < MIN_HELD_OUT or any(member_needs)

@@ -17,7 +17,7 @@ import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Protocol, Sequence
+from typing import Any, Callable, Iterator, Protocol, Sequence
 
 import numpy as np
 import torch
@@ -234,15 +234,20 @@ def needs_cross_fit(n: int, holdout: float, gamma: bool) -> bool:
                          "threshold yourself with --threshold fixed:V")
     if holdout <= 0:
         return False  # asked for: the threshold from the training clips' own scores
-    n_hold = max(1, round(holdout * n))
+    n_hold = held_out_count(n, holdout)
     return n - n_hold < 1 or (gamma and n_hold < MIN_GAMMA_SCORES)
+
+
+def held_out_count(n: int, holdout: float) -> int:
+    """How many of `n` clips `split_holdout` holds out: the `holdout` share rounded, at least one when holdout > 0."""
+    return max(1, round(holdout * n)) if holdout > 0 else 0
 
 
 def split_holdout(clips: Sequence[Any], holdout: float, seed: int) -> tuple[list[Any], list[Any]]:
     """Seeded split, in the original order, into items to fit and items whose scores set the threshold (at least
     one when holdout > 0)."""
     n = len(clips)
-    n_hold = max(1, round(holdout * n)) if holdout > 0 else 0
+    n_hold = held_out_count(n, holdout)
     if n - n_hold < 1:
         raise ValueError(f"{n} training clip(s): too few to hold out {holdout:.0%} and still train")
     hold = set(np.random.default_rng(seed).permutation(n)[:n_hold].tolist())
@@ -253,10 +258,20 @@ def cross_fitted_scores(rebuild: Callable[[], ModelSpec], feats: Sequence[torch.
                         seed: int, folds: int = MAX_FOLDS) -> np.ndarray:
     """Out-of-fold scores `[n]`: the clips in `min(folds, n)` seeded folds, each fold scored by a fresh model
     (`rebuild()`: stages and detector as configured) fitted on the other folds."""
+    scores = np.empty(len(feats), dtype=np.float64)
+    for held, chain in fold_chains(rebuild, feats, ids, seed, folds):
+        scores[held] = chain.score_windows([feats[i] for i in held], None if ids is None else [ids[i] for i in held])
+    return scores
+
+
+def fold_chains(rebuild: Callable[[], ModelSpec], feats: Sequence[torch.Tensor], ids: Sequence[str] | None,
+                seed: int, folds: int = MAX_FOLDS) -> Iterator[tuple[np.ndarray, Chain]]:
+    """The seeded folds of cross-fitting: for each of `min(folds, n)` folds, the indices of its clips and a fresh
+    chain (`rebuild()`) fitted on the other folds' clips. A chain that cannot be fitted on a fold's share says how
+    many clips that was."""
     n = len(feats)
     k = min(folds, n)
     order = np.random.default_rng(seed).permutation(n)
-    scores = np.empty(n, dtype=np.float64)
     for f in range(k):
         held = order[f::k]
         rest = np.setdiff1d(order, held)
@@ -266,8 +281,7 @@ def cross_fitted_scores(rebuild: Callable[[], ModelSpec], feats: Sequence[torch.
         except ValueError as err:
             raise ValueError(f"cross-fitting {spec.detector.name} ({k} folds of {n} clips, each copy fitted on "
                              f"{rest.size}): {err}") from err
-        scores[held] = chain.score_windows([feats[i] for i in held], None if ids is None else [ids[i] for i in held])
-    return scores
+        yield held, chain
 
 
 def fit_chain(spec: ModelSpec, feats: Sequence[torch.Tensor],

@@ -35,7 +35,7 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 
 from models.detectors import get_detector, registered
-from models.training.recipe import MAX_FOLDS, ClipLike, build_spec, fit_chain, select_training_clips
+from models.training.recipe import MAX_FOLDS, ClipLike, ModelSpec, build_spec, fold_chains, select_training_clips
 
 log = logging.getLogger(__name__)
 
@@ -146,8 +146,6 @@ def select_detector(
         raise ValueError(f"{n} normal training clip(s): choosing a detector needs at least 2 (each fold's clips are "
                          "scored by a model fitted on the others)")
     k = min(MAX_FOLDS, n)
-    order = np.random.default_rng(seed).permutation(n)
-    folds = [np.sort(order[f::k]) for f in range(k)]
     clip_ids = [c.id for c in chosen]
     read = load or _read
     audio: dict[int, list[np.ndarray]] = {}  # sample rate -> clips
@@ -164,11 +162,11 @@ def select_detector(
                 faulted[rate] = [_faulted_versions(w, rate, seed, i) for i, w in enumerate(audio[rate])]
             feats = [f.cpu() for f in spec.feature.extract_batch(audio[rate], "cpu")]
             fault_feats = [[f.cpu() for f in spec.feature.extract_batch(v, "cpu")] for v in faulted[rate]]
+            def rebuild(model: str = model, config: dict[str, Any] = config) -> ModelSpec:
+                return build_spec(model, config, device="cpu", progress=False)
+
             aucs = []
-            for held in folds:
-                rest = np.setdiff1d(order, held)
-                fresh = build_spec(model, config, device="cpu", progress=False)
-                chain, _ = fit_chain(fresh, [feats[i] for i in rest], [clip_ids[i] for i in rest])
+            for held, chain in fold_chains(rebuild, feats, clip_ids, seed):
                 normal = chain.score_windows([feats[i] for i in held], [clip_ids[i] for i in held])
                 bad_feats = [f for i in held for f in fault_feats[i]]
                 bad_ids = [clip_ids[i] for i in held for _ in fault_feats[i]]
@@ -204,4 +202,5 @@ def _read(clip: ClipLike, sample_rate: int) -> np.ndarray:
     return WavReader(clip.path, sample_rate=sample_rate, resample=True).read()
 
 
-__all__ = ["FAULT_LEVELS_DB", "GAIN_INDEPENDENT", "PSEUDO_FAULTS", "Selection", "add_fault", "default_candidates", "select_detector"]
+__all__ = ["FAULT_LEVELS_DB", "GAIN_INDEPENDENT", "PSEUDO_FAULTS", "Selection", "add_fault", "default_candidates",
+           "select_detector"]
