@@ -29,12 +29,12 @@ def model_config(entry: str) -> tuple[str, dict[str, Any]]:
     `deep_svdd:objective=soft-boundary` is the row `deep_svdd+objective-soft-boundary`; `feature.KEY=VALUE` sets a
     feature setting instead (`modspec_graph:feature.log_envelope=true`).
     """
-    from offline.train import load_config
+    from offline.train import find_config, load_config
 
     model, *variants = entry.split(":")
-    path = next((p for p in (CONFIGS / f"{model}.yaml", CONFIGS / "variants" / f"{model}.yaml") if p.exists()),
-                CONFIGS / f"{model}.yaml")
-    config = load_config(path) if path.exists() else {"model": model}  # an ensemble's member configs inlined
+    found = find_config(model, CONFIGS)
+    config = load_config(found) if found else {"model": model}  # an ensemble's member configs inlined
+    path = found or CONFIGS / f"{model}.yaml"
     label = model
     for variant in variants:
         if "=" in variant:

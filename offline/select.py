@@ -47,11 +47,11 @@ def candidate_configs(names: list[str], folder: Path) -> dict[str, dict[str, Any
     """name -> training config: `folder/<name>.yaml` or `folder/variants/<name>.yaml` when one exists, else the
     defaults of the detector called `name`."""
     from models.detectors import get_detector
-    from offline.train import load_config
+    from offline.train import find_config, load_config
 
     out = {}
     for name in names:
-        path = next((p for p in (folder / f"{name}.yaml", folder / "variants" / f"{name}.yaml") if p.exists()), None)
+        path = find_config(name, folder)
         if path is not None:
             out[name] = {"model": name, **load_config(path)}
         else:

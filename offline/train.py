@@ -84,6 +84,11 @@ def load_config(path: Path | None) -> dict[str, Any]:
     return _inline_member_configs(data, Path(path).parent)
 
 
+def find_config(name: str, folder: Path) -> Path | None:
+    """`folder/<name>.yaml`, else the named variant `folder/variants/<name>.yaml`, else None."""
+    return next((p for p in (folder / f"{name}.yaml", folder / "variants" / f"{name}.yaml") if p.exists()), None)
+
+
 def _inline_member_configs(config: dict[str, Any], folder: Path) -> dict[str, Any]:
     """An ensemble's member configs named by path are read (relative to the ensemble config's folder) and put
     inline, so that the ensemble bundle records every member's whole config."""
