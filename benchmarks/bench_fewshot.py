@@ -107,6 +107,14 @@ def find_units(real_dir: Path) -> list[Unit]:
     return units
 
 
+def real_units(real_dir: Path) -> list[Unit] | None:
+    """The benchmark's units of the real recordings at `real_dir`; None, said on stderr, when they are not there."""
+    if not (real_dir / "manifest.csv").exists():
+        print(f"real recordings not found at {real_dir}", file=sys.stderr)
+        return None
+    return find_units(real_dir)
+
+
 def split(unit: Unit, unit_index: int, seed: int) -> tuple[list[Path], list[Path]]:
     """(training half, test normals) of one unit in one split."""
     order = np.random.default_rng([seed, unit_index]).permutation(len(unit.normals))
@@ -176,7 +184,6 @@ def train_units(entry: str, units: Sequence[Unit], seed: int, level: str, epochs
     from models.bundle import load_bundle
     from models.detectors import get_detector
     from models.training.recipe import train_bundle
-    from offline.datasets.records import Clip
 
     label, config = train_config(entry, epochs, seed)
     if config["model"] == AUTO:
@@ -186,8 +193,7 @@ def train_units(entry: str, units: Sequence[Unit], seed: int, level: str, epochs
               if by_ids else [[k] for k in range(len(units))])
     bundles: dict[int, Any] = {}
     for group in groups:
-        clips = [Clip(path=p, machine=units[k].machine, id=units[k].id, split="train", label="normal")
-                 for k in group for p in training_clips(units[k], k, seed, level)]
+        clips = [clip for k in group for clip in training_clips(units[k], k, seed, level)]
         out = work / f"{label}_{seed}_{level}_{group[0]}"
         train_bundle(clips, config["model"], units[group[0]].machine, out, config, progress=False)
         bundle = load_bundle(out, device="cpu")
@@ -195,10 +201,14 @@ def train_units(entry: str, units: Sequence[Unit], seed: int, level: str, epochs
     return label, bundles, {}
 
 
-def training_clips(unit: Unit, unit_index: int, seed: int, level: str) -> list[Path]:
-    """A unit's training clips in one split at one level: the first of its training half."""
+def training_clips(unit: Unit, unit_index: int, seed: int, level: str) -> list[Any]:
+    """A unit's training clips in one split at one level (the first of its training half), as the clip records
+    `train_bundle` reads."""
+    from offline.datasets.records import Clip
+
     half, _ = split(unit, unit_index, seed)
-    return half[: level_size(level, len(half))]
+    return [Clip(path=p, machine=unit.machine, id=unit.id, split="train", label="normal")
+            for p in half[: level_size(level, len(half))]]
 
 
 def score_unit(bundle: Any, unit: Unit, unit_index: int, seed: int, audio: Audio, gain_db: float = 0.0) -> list[float]:
@@ -216,13 +226,11 @@ def train_selected(candidates: dict[str, dict[str, Any]], units: Sequence[Unit],
     from models.bundle import load_bundle
     from models.training.recipe import train_bundle
     from models.training.selection import select_detector
-    from offline.datasets.records import Clip
 
     bundles: dict[int, Any] = {}
     selected: dict[str, Any] = {}
     for k, unit in enumerate(units):
-        clips = [Clip(path=p, machine=unit.machine, id=unit.id, split="train", label="normal")
-                 for p in training_clips(unit, k, seed, level)]
+        clips = training_clips(unit, k, seed, level)
         choice = select_detector(clips, unit.machine, candidates, seed=seed, load=lambda c, rate: audio(c.path, rate))
         selected[unit.name] = choice.to_dict()
         out = work / f"{AUTO}_{seed}_{level}_{k}"
@@ -341,10 +349,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out-dir", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    if not (args.real_dir / "manifest.csv").exists():
-        print(f"real recordings not found at {args.real_dir}", file=sys.stderr)
+    units = real_units(args.real_dir)
+    if units is None:
         return 2
-    units = find_units(args.real_dir)
     levels = args.levels.split(",")
     entries = args.models.split(",")
     audio = Audio()

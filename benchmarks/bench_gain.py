@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -31,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks.bench_fewshot import Audio, auc, find_units, score_unit, split, train_config, train_units
+from benchmarks.bench_fewshot import Audio, auc, real_units, score_unit, split, train_config, train_units
 from benchmarks.bench_realdata import DEFAULT_REAL
 from benchmarks.common import RESULTS, write_result
 
@@ -88,10 +87,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out-dir", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    if not (args.real_dir / "manifest.csv").exists():
-        print(f"real recordings not found at {args.real_dir}", file=sys.stderr)
+    units = real_units(args.real_dir)
+    if units is None:
         return 2
-    units = find_units(args.real_dir)
     audio = Audio()
     t0 = time.perf_counter()
     models: dict[str, Any] = {}
