@@ -24,6 +24,11 @@ Configuration (YAML, all keys optional; command-line flags win):
     window_seconds: 10         # the monitor's default window and hop for this bundle
     hop_seconds: 1
 
+Detectors that pre-train a representation, self-supervised, on unlabeled audio (`ssl_knn`) learn it from the normal
+training clips of every machine type and id in `--data` (not only `--machine`'s), plus those of each `--unlabeled`
+root (another data set, or `asd-offline synth` output); the labels and ids of those clips are not used, and test
+clips are never read for it.
+
 `--epochs`, `--device` and `--seed` apply to every part (detector or stage) that has such a hyper-parameter; a
 detector fitted in one pass says in one log line that it ignores `--epochs`.
 """
@@ -59,6 +64,9 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--noise", type=Path, metavar="WAV",
                         help="noise models: a recording of the site's background, mixed into the clean clips of "
                              "--data at the config's pairs.snrs (default: the synthetic factory background)")
+    parser.add_argument("--unlabeled", action="append", type=Path, default=[], metavar="ROOT_OR_MANIFEST",
+                        help="more audio to pre-train on (models that pre-train, e.g. ssl_knn; repeatable): the "
+                             "normal training clips of every machine there, labels and ids unused")
     parser.add_argument("--nproc", type=int, default=1, metavar="N",
                         help="train data-parallel in N processes on this machine (torchrun; one per GPU, or CPU "
                              "processes on gloo); default 1")
@@ -135,6 +143,9 @@ def run(args: argparse.Namespace) -> int:
         return train_noise(args, config, progress)
     if args.noise is not None:
         raise ValueError("--noise is for the noise models (lstm_classifier, lstm_denoiser)")
+    if args.unlabeled and not get_detector(args.model).pretrains:
+        raise ValueError(f"--unlabeled is for the models that pre-train on unlabeled audio (e.g. ssl_knn), not "
+                         f"{args.model}")
     if is_vector_file(args.data):
         out = train_vectors(args.data, args.model, args.machine or "vectors", args.out, config, ids=args.ids,
                             device=args.device, progress=progress, epochs=args.epochs)
@@ -146,7 +157,8 @@ def run(args: argparse.Namespace) -> int:
             raise ValueError("--machine is required for audio data (e.g. --machine fan)")
         clips = load_clips(args.data, machine=args.machine, lenient=False)
         out = train_bundle(clips, args.model, args.machine, args.out, config, ids=args.ids,
-                           data_source=str(args.data), device=args.device, progress=progress, epochs=args.epochs)
+                           data_source=str(args.data), device=args.device, progress=progress, epochs=args.epochs,
+                           unlabeled=unlabeled_clips(args) if get_detector(args.model).pretrains else ())
     main_process = distributed.is_main()
     distributed.finish()  # after process 0 has written the bundle
     if not main_process:  # process 0 reports
@@ -201,6 +213,22 @@ def train_noise(args: argparse.Namespace, config: dict[str, Any], progress: bool
     shown = ", ".join(f"{k} {v:.4g}" for k, v in val_metrics.items() if k != "n_pairs") or "no validation pairs"
     print(f"wrote {out}: {bundle.name} ({bundle.kind}) on {len(train)} pairs; validation ({len(val)} pairs): {shown}")
     return 0
+
+
+def unlabeled_clips(args: argparse.Namespace) -> list[Any]:
+    """What a pre-training model reads besides its own clips: the normal training clips of the other machine types
+    (and ids) of `--data` and of every `--unlabeled` root."""
+    from models.training.recipe import pretraining_clips
+    from offline.datasets.index import load_clips
+
+    own = set(args.ids or [])
+    others = [c for c in load_clips(args.data, lenient=False)
+              if c.machine != args.machine or (own and c.id not in own)]
+    extra = [c for root in args.unlabeled for c in load_clips(root, lenient=False)]
+    chosen = pretraining_clips(others + extra)
+    log.info("pre-training reads %d more normal training clips (%d from other machines or ids of --data, %d from "
+             "--unlabeled)", len(chosen), len(pretraining_clips(others)), len(pretraining_clips(extra)))
+    return chosen
 
 
 def _relaunch(args: argparse.Namespace) -> int:

@@ -113,6 +113,9 @@ class Detector(Learned):
     # stream scorer computes each vector's statistics once and a window's sum from its hops' sums (`statistics`
     # mode) instead of re-reading the window's W vectors every hop
     additive: ClassVar[bool] = False
+    # True for a detector that learns a representation, self-supervised, from unlabeled clips (any ids, any types)
+    # before `fit` (`ssl_knn`): it implements `pretrain(clips)`, and training passes it the user's unlabeled audio
+    pretrains: ClassVar[bool] = False
 
     @classmethod
     def example_input(cls) -> ExampleInput:
@@ -129,6 +132,10 @@ class Detector(Learned):
     @abstractmethod
     def fit(self, clips: ClipsLike, ids: Sequence[str] | None = None) -> "Detector":
         """Learn from normal clips, each `[n_vectors, dim]` (with their machine ids); returns self."""
+
+    def pretrain(self, clips: ClipsLike) -> "Detector":
+        """Detectors with `pretrains`: learn from unlabeled clips (no ids, no labels) before `fit`; returns self."""
+        raise NotImplementedError(f"{self.name} does not pre-train on unlabeled audio")
 
     def score(self, clips: ClipsLike, ids: Sequence[str] | None = None) -> np.ndarray:
         """One float64 score per clip, higher = more anomalous. Vector detectors: the mean of the vector scores."""

@@ -148,13 +148,21 @@ class EmbedKnn(SegmentDetector):
         return {"dim": self.dim_, "ids": self.ids_, "bank_segments": int(self.bank_.shape[0]),
                 "bank_segments_per_id": dict(zip(self.ids_, (int(s) for s in sizes)))}
 
+    def _embedding_width(self, dim: int) -> int:
+        """Values per segment embedding for `dim`-value input vectors: each band's mean and deviation."""
+        return 2 * dim
+
     def load_state_dict(self, state: dict[str, torch.Tensor], learned: dict[str, Any] | None = None) -> "EmbedKnn":
         self._check_params()
         mean, bank = (state.get(k) if isinstance(state, dict) else None for k in ("mean_", "bank_"))
-        if not isinstance(mean, torch.Tensor) or mean.ndim != 1 or mean.shape[0] % 2 or \
-                not isinstance(bank, torch.Tensor) or bank.ndim != 2:
-            raise ValueError(f"{self.name}: state needs a 1-D 'mean_' of 2 x dim values and a 2-D 'bank_'")
+        if not isinstance(mean, torch.Tensor) or mean.ndim != 1 or not isinstance(bank, torch.Tensor) or \
+                bank.ndim != 2:
+            raise ValueError(f"{self.name}: state needs a 1-D 'mean_' (one value per embedding dimension) and a 2-D "
+                             f"'bank_'")
         n, e = bank.shape[0], mean.shape[0]
+        dim = (learned or {}).get("dim", e // 2)
+        if not isinstance(dim, int) or self._embedding_width(dim) != e:
+            raise ValueError(f"{self.name}: learned dim {dim!r} does not match the state's {e}-value embeddings ('mean_', 'bank_')")
         check_state(state, {"mean_": torch.zeros(e), "scale_": torch.zeros(e), "bank_": torch.zeros(n, e),
                             "bank_id_": torch.zeros(n)}, self.name)
         bank_id = state["bank_id_"]
@@ -162,8 +170,5 @@ class EmbedKnn(SegmentDetector):
         if n == 0 or bank_id.dtype != torch.int64 or int(bank_id.min()) < -1 or int(bank_id.max()) >= len(names):
             raise ValueError(f"{self.name}: 'bank_id_' must be int64 indices into learned['ids'] ({len(names)} "
                              f"ids) or -1, for a non-empty bank")
-        dim = (learned or {}).get("dim", e // 2)
-        if dim != e // 2:
-            raise ValueError(f"{self.name}: learned dim {dim} does not match the state's {e // 2}")
-        self._set(state["mean_"], state["scale_"], bank, bank_id, names, e // 2)
+        self._set(state["mean_"], state["scale_"], bank, bank_id, names, dim)
         return self

@@ -13,6 +13,7 @@ Config keys (configs/<model>.yaml, documented in offline/train.py) are checked b
 from __future__ import annotations
 
 import contextlib
+import copy
 import logging
 import time
 from dataclasses import dataclass, field
@@ -23,7 +24,7 @@ import numpy as np
 import torch
 
 from models.bundle import DEFAULT_HOP_SECONDS, DEFAULT_WINDOW_SECONDS, save_bundle
-from models.detectors import Detector, get_detector
+from models.detectors import REGISTRY, Detector, get_detector
 from models.features import FeatureConfig, feature_from_dict
 from models.scoring import Chain
 from models.stages import Stage, get_stage
@@ -308,8 +309,15 @@ def train_bundle(
     progress: bool | None = None,
     epochs: int | None = None,
     extra_summary: dict[str, Any] | None = None,
+    unlabeled: Sequence[ClipLike] = (),
+    pretrained: Detector | None = None,
 ) -> Path:
     """Train `model_name` on the normal training clips of `machine`, set the threshold, write a bundle at `out`.
+
+    Detectors that pre-train (`pretrains`, e.g. `ssl_knn`) learn their representation first from the fit clips
+    plus `unlabeled` (normal training clips of any machine type and id: `pretraining_clips`), or start from a copy
+    of `pretrained` (a detector of the same model, already pre-trained by `pretrain_detector`: one pre-training
+    for several machines). Cross-fitting folds reuse that representation and fit only what is per machine.
 
     Bad settings fail before any audio is read. Used by `asd-offline train` (and `select`, whose choice goes into
     the training summary through `extra_summary`).
@@ -325,6 +333,7 @@ def train_bundle(
         return train_ensemble(clips, machine, out, dict(config or {}), ids=ids, data_source=data_source,
                               device=device, progress=progress, epochs=epochs)
     spec = build_spec(model_name, config, device=device, progress=progress, epochs=epochs)
+    _check_pretraining(spec, unlabeled, pretrained)
     chosen = select_training_clips(clips, machine, ids)
     cross = needs_cross_fit(len(chosen), spec.holdout, gamma=spec.threshold["method"] == "gamma")
     fit_clips, hold_clips = (list(chosen), []) if cross else split_holdout(chosen, spec.holdout, spec.seed)
@@ -345,14 +354,65 @@ def train_bundle(
                "feature_seconds": round(time.perf_counter() - t0, 3), "device": describe(dev),
                **(extra_summary or {})}
     fit_ids = [c.id for c in fit_clips]
+    if spec.detector.pretrains:
+        spec.detector = _pretrained_copy(spec, fit_feats, unlabeled, pretrained, dev, show)
+        summary["pretraining"] = {"clips": int(getattr(spec.detector, "pretrain_clips_", 0)),
+                                  "unlabeled_clips": len(unlabeled), "from": "given" if pretrained else "here"}
     oof = None
     if cross:
         def rebuild() -> ModelSpec:
-            return build_spec(model_name, config, device=device, progress=False, epochs=epochs)
+            fresh = build_spec(model_name, config, device=device, progress=False, epochs=epochs)
+            if spec.detector.pretrains:  # the fold's model starts from the one representation
+                fresh.detector = copy.deepcopy(spec.detector)
+            return fresh
 
         oof = cross_fitted_scores(rebuild, fit_feats, fit_ids, spec.seed)
     return fit_bundle(out, spec, fit_feats, fit_ids, hold_feats, [c.id for c in hold_clips],
                       machine=machine, summary=summary, cross_fitted=oof)
+
+
+def pretraining_clips(clips: Sequence[ClipLike]) -> list[ClipLike]:
+    """The clips of a data set that pre-training may read: the normal training clips of every machine type and id
+    (their labels and ids are not used; test clips stay out, so that evaluation on them is honest)."""
+    return [c for c in clips if c.split == "train" and c.label != "anomaly"]
+
+
+def pretrain_detector(model_name: str, config: dict[str, Any] | None, unlabeled: Sequence[ClipLike], *,
+                      device: str | None = None, progress: bool | None = None,
+                      epochs: int | None = None) -> Detector:
+    """A detector of `model_name` (configured as `train_bundle` would) pre-trained on `unlabeled` alone: pass it
+    as `train_bundle(..., pretrained=)` to train several machines on one representation."""
+    from models.device import select_device
+
+    spec = build_spec(model_name, config, device=device, progress=progress, epochs=epochs)
+    _check_pretraining(spec, unlabeled, None)
+    if not unlabeled:
+        raise ValueError(f"{model_name}: no clips to pre-train on")
+    dev = select_device(device or spec.detector.get_params().get("device", "auto"))
+    show = bool(spec.detector.get_params().get("progress", True)) if progress is None else progress
+    feats, _ = _featurise(list(unlabeled), spec.feature, dev, show)
+    return spec.detector.pretrain(feats)
+
+
+def _check_pretraining(spec: ModelSpec, unlabeled: Sequence[ClipLike], pretrained: Detector | None) -> None:
+    name = spec.detector.name
+    if (unlabeled or pretrained is not None) and not spec.detector.pretrains:
+        pre = sorted(n for n, cls in REGISTRY.items() if cls.pretrains)
+        raise ValueError(f"{name} does not pre-train on unlabeled audio; the models that do: {pre}")
+    if spec.detector.pretrains and spec.stages:
+        raise ValueError(f"{name} pre-trains on features as they are read: it takes no stages")
+    if pretrained is not None and (pretrained.name != name or pretrained.get_params() != spec.detector.get_params()
+                                   or not getattr(pretrained, "is_pretrained", False)):
+        raise ValueError(f"the pre-trained detector given is not a pre-trained {name} with this config's settings")
+
+
+def _pretrained_copy(spec: ModelSpec, fit_feats: Sequence[torch.Tensor], unlabeled: Sequence[ClipLike],
+                     pretrained: Detector | None, dev: torch.device, show: bool) -> Detector:
+    """`spec.detector` pre-trained: a copy of `pretrained`, else trained on the fit clips and `unlabeled`."""
+    if pretrained is not None:
+        return copy.deepcopy(pretrained)
+    extra, _ = _featurise(list(unlabeled), spec.feature, dev, show) if unlabeled else ([], 0.0)
+    return spec.detector.pretrain([*fit_feats, *extra])
 
 
 # -- tensors in -------------------------------------------------------------------------------------------------
