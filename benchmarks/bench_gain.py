@@ -13,6 +13,8 @@ there. This benchmark changes the level itself. The protocol, fixed before any r
   means the score ignores the level; 1.0 means every normal clip turned g dB louder (or quieter) outscores every
   recorded one, as a level meter's would for g > 0. A unit's figure per split, the mean over a type's units, over
   types, then over splits (with the spread over splits). Beside it, the anomaly AUC of the same bundles at 0 dB.
+- An entry ending in `+pretrained` (`ssl_knn+pretrained`) is trained as `bench_pretrain` trains it: pre-trained
+  on every unit's training clips and the fixed synthetic set (5 clips per generator type), then one bundle per unit.
 - The reference `rms_level` (clip RMS in dBFS) is 1.0 at every g > 0 and 0.0 at every g < 0.
 
 Usage: python -m benchmarks.bench_gain --models modspec_graph,embed_knn [--splits 5] [--name NAME]
@@ -31,6 +33,7 @@ from typing import Any
 import numpy as np
 
 from benchmarks.bench_fewshot import Audio, auc, real_units, score_unit, split, train_config, train_units
+from benchmarks.bench_pretrain import PRETRAINED
 from benchmarks.bench_realdata import DEFAULT_REAL
 from benchmarks.common import RESULTS, write_result
 
@@ -40,13 +43,25 @@ GAINS_DB = (-6.0, -3.0, -1.5, 1.5, 3.0, 6.0)
 LEVEL = "half"
 
 
+def trained(entry: str, units: list[Any], seed: int, audio: Audio, work: Path) -> tuple[str, dict[int, Any]]:
+    """(label, each unit's bundle by index) at the half level: `bench_pretrain`'s training for `+pretrained` entries,
+    `bench_fewshot`'s otherwise."""
+    from benchmarks.bench_pretrain import DEFAULT_SYNTH, synthetic_clips, train_pretrained
+
+    if not entry.endswith(PRETRAINED):
+        return train_units(entry, units, seed, LEVEL, None, audio, work)[:2]
+    synth = work / "synth"
+    clips = synthetic_clips(synth, DEFAULT_SYNTH, reuse=True)
+    return train_pretrained(entry[: -len(PRETRAINED)], units, seed, LEVEL, None, clips, work)
+
+
 def gain_figures(entry: str, units: list[Any], seeds: range, audio: Audio, work: Path) -> tuple[str, dict[str, Any]]:
     """(label, figures): per gain the mean gain AUC (and its spread over splits, and per unit), and the anomaly AUC."""
     per: dict[str, list[list[float]]] = {str(g): [] for g in GAINS_DB}  # gain -> split -> unit AUCs
     anomaly: list[list[float]] = []
     label = entry
     for seed in seeds:
-        label, bundles, _ = train_units(entry, units, seed, LEVEL, None, audio, work)
+        label, bundles = trained(entry, units, seed, audio, work)
         rows: dict[str, list[float]] = {str(g): [] for g in GAINS_DB}
         anom = []
         for k, unit in enumerate(units):
@@ -101,7 +116,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{label:<40} gain AUC  {shown}   (anomaly AUC {figures['anomaly_auc']:.2f})")
     result = {"protocol": __doc__.split("\n\n", 1)[1].split("Usage:")[0].strip(),
               "units": [{"machine": u.machine, "id": u.id} for u in units], "splits": args.splits,
-              "gains_db": list(GAINS_DB), "configs": {e: train_config(e, None, 0)[1] for e in args.models.split(",")},
+              "gains_db": list(GAINS_DB), "configs": {e: train_config(e.removesuffix(PRETRAINED), None, 0)[1] for e in args.models.split(",")},
               "models": models, "total_seconds": round(time.perf_counter() - t0, 1)}
     out = write_result(args.name, result, args.out_dir)
     print(f"wrote {out}")

@@ -226,3 +226,23 @@ def test_the_default_rule_leaves_one_type_out_and_drops_gain_dependent_detectors
     assert {t: h["chosen"] for t, h in r["held_out"].items()} == {"a": "steady", "b": "steady", "c": "spiky"}
     assert r["rule_mean_auc"] == pytest.approx((0.7 + 0.7 + 0.2) / 3)
     assert r["chosen_on_all_types"] == "steady" and r["its_mean_auc"] == pytest.approx(0.7)  # 0.7 > 0.667
+
+
+def test_pretraining_benchmark_keeps_the_protocol_and_pairs_with_a_fewshot_run(real: Path, tmp_path: Path) -> None:
+    """benchmarks/bench_pretrain: the same units, splits and test clips as bench_fewshot (so fewshot_pair merges
+    the two), one pre-training per split and level over every unit's training clips and the synthetic set."""
+    from benchmarks import bench_pretrain, fewshot_pair
+
+    out = tmp_path / "results"
+    quick = "ssl_knn:segment_frames=8:segment_hop=4:bank_hop=2:width=16:embed_dim=16:max_shift=2:epochs=1"
+    common = ["--real-dir", str(real), "--splits", "1", "--levels", "half", "--bootstrap", "20", "--out-dir", str(out)]
+    assert bench_pretrain.main(["--models", quick, "--synth", "1", "--name", "pre", *common]) == 0
+    assert _bench().main(["--models", "iforest:none", "--name", "fs", *common]) == 0
+    doc = json.loads((out / "pre.json").read_text())
+    label = "ssl_knn+segment_frames-8+segment_hop-4+bank_hop-2+width-16+embed_dim-16+max_shift-2+epochs-1+pretrained"
+    assert set(doc["levels"]["half"]["summary"]) == {"rms_level", "chance", label}
+    assert doc["synthetic_clips"] == 6 and "pre-trained once" in doc["pretraining"]
+    merged = fewshot_pair.merge(json.loads((out / "fs.json").read_text()), doc, real)
+    assert {label, "iforest-noae"} <= set(merged["levels"]["half"]["summary"])
+    with pytest.raises(SystemExit, match="not a detector that pre-trains"):
+        bench_pretrain.main(["--models", "embed_knn", "--synth", "0", "--name", "x", *common])
