@@ -99,6 +99,8 @@ def test_fit_keeps_a_pretrained_encoder_and_banks_only_its_own_clips() -> None:
 def test_fit_without_pretrain_pretrains_on_its_clips() -> None:
     det = SslKnn(**QUICK).fit(_clips(3, 0))
     assert det.learned()["pretrain_clips"] == 3 and len(det.history_) == QUICK["epochs"]
+    loaded = SslKnn(**QUICK).load_state_dict(det.state_dict(), det.learned())
+    assert loaded.learned() == det.learned()
 
 
 def test_a_gain_changes_no_score_with_level_norm() -> None:

@@ -242,4 +242,6 @@ class SslKnn(EmbedKnn):
         check_state(enc_state, encoder.state_dict(), f"{self.name} encoder")
         encoder.load_state_dict(enc_state)
         self._set_encoder(encoder, select_device(self.device))
+        if isinstance((learned or {}).get("pretrain_clips"), int):
+            self.pretrain_clips_ = int(learned["pretrain_clips"])
         return super().load_state_dict({k: v for k, v in state.items() if not k.startswith("encoder.")}, learned)
