@@ -60,6 +60,12 @@ PAIRED = ("rms_level", "dcase_ae")  # every detector's difference to these, when
 # the detector `models.training.selection` chooses per unit from its training clips (not a model): `auto` among the
 # default candidates, `auto[A;B]` among the entries A and B (variants allowed: `auto[embed_knn;modspec_graph:...]`)
 AUTO = "auto"
+# Added to the protocol above after it was fixed (2026-12-03), for the detectors that did not exist then, and stored
+# beside it in a result (`other_types`) when one of them runs; every other detector is trained as before.
+OTHER_TYPES = ("A classifier of ids that learns other machine types (`learns_other_types`: `across_types: true`) "
+               "also fits, as extra classes, the training clips at the same split and level of every unit of the "
+               "other machine types (what a user with those machines has); its type's model, test clips and scores "
+               "are otherwise as above.")
 _DOMAIN = re.compile(r"_(source|target)_")
 
 
@@ -191,14 +197,25 @@ def train_units(entry: str, units: Sequence[Unit], seed: int, level: str, epochs
     by_ids = get_detector(config["model"]).needs_ids
     groups = ([[k for k, u in enumerate(units) if u.machine == m] for m in sorted({u.machine for u in units})]
               if by_ids else [[k] for k in range(len(units))])
+    across = learns_other_types(config)
     bundles: dict[int, Any] = {}
     for group in groups:
+        machine = units[group[0]].machine
         clips = [clip for k in group for clip in training_clips(units[k], k, seed, level)]
+        others = [clip for k, u in enumerate(units) if across and u.machine != machine
+                  for clip in training_clips(u, k, seed, level)]
         out = work / f"{label}_{seed}_{level}_{group[0]}"
-        train_bundle(clips, config["model"], units[group[0]].machine, out, config, progress=False)
+        train_bundle(clips, config["model"], machine, out, config, progress=False, other_types=others)
         bundle = load_bundle(out, device="cpu")
         bundles.update({k: bundle for k in group})
     return label, bundles, {}
+
+
+def learns_other_types(config: dict[str, Any]) -> bool:
+    """The configured detector fits other machine types' clips too (`OTHER_TYPES`)."""
+    from models.training.recipe import build_spec
+
+    return config["model"] != AUTO and build_spec(config["model"], config).detector.learns_other_types()
 
 
 def training_clips(unit: Unit, unit_index: int, seed: int, level: str) -> list[Any]:
@@ -389,6 +406,8 @@ def main(argv: list[str] | None = None) -> int:
         "units": [{"machine": u.machine, "id": u.id, "normals": len(u.normals), "anomalies": len(u.anomalies),
                    "train_half": len(u.normals) // 2} for u in units],
         "models": dict(train_config(e, args.epochs, 0) for e in entries),
+        **({"other_types": OTHER_TYPES}
+           if any(learns_other_types(train_config(e, args.epochs, 0)[1]) for e in entries) else {}),
         "epochs": args.epochs,
         "splits": args.splits,
         "bootstrap": args.bootstrap,

@@ -29,6 +29,10 @@ training clips of every machine type and id in `--data` (not only `--machine`'s)
 root (another data set, or `asd-offline synth` output); the labels and ids of those clips are not used, and test
 clips are never read for it.
 
+Classifiers of machine ids configured with `across_types: true` (`stgram_mfn`, `id_classifier`) also learn the normal
+training clips of every other machine type in `--data` as extra classes, so that `--machine`'s ids are told apart
+from all the machines there; the bundle serves `--machine`'s ids.
+
 `--epochs`, `--device` and `--seed` apply to every part (detector or stage) that has such a hyper-parameter; a
 detector fitted in one pass says in one log line that it ignores `--epochs`.
 """
@@ -150,15 +154,17 @@ def run(args: argparse.Namespace) -> int:
         out = train_vectors(args.data, args.model, args.machine or "vectors", args.out, config, ids=args.ids,
                             device=args.device, progress=progress, epochs=args.epochs)
     else:
-        from models.training.recipe import train_bundle
+        from models.training.recipe import build_spec, train_bundle
         from offline.datasets.index import load_clips
 
         if not args.machine:
             raise ValueError("--machine is required for audio data (e.g. --machine fan)")
-        clips = load_clips(args.data, machine=args.machine, lenient=False)
+        across = build_spec(args.model, config).detector.learns_other_types()
+        clips = load_clips(args.data, machine=None if across else args.machine, lenient=False)
         out = train_bundle(clips, args.model, args.machine, args.out, config, ids=args.ids,
                            data_source=str(args.data), device=args.device, progress=progress, epochs=args.epochs,
-                           unlabeled=unlabeled_clips(args) if get_detector(args.model).pretrains else ())
+                           unlabeled=unlabeled_clips(args) if get_detector(args.model).pretrains else (),
+                           other_types=[c for c in clips if c.machine != args.machine] if across else ())
     main_process = distributed.is_main()
     distributed.finish()  # after process 0 has written the bundle
     if not main_process:  # process 0 reports

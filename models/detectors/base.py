@@ -133,6 +133,12 @@ class Detector(Learned):
     def fit(self, clips: ClipsLike, ids: Sequence[str] | None = None) -> "Detector":
         """Learn from normal clips, each `[n_vectors, dim]` (with their machine ids); returns self."""
 
+    def learns_other_types(self) -> bool:
+        """True for a classifier of machine ids configured to learn the normal clips of other machine types too
+        (`across_types`): training then passes it those clips as extra classes, their ids `<type>/<id>`, as outliers
+        of its own ids. Its bundle still serves its own type's ids only."""
+        return False
+
     def pretrain(self, clips: ClipsLike) -> "Detector":
         """Detectors with `pretrains`: learn from unlabeled clips (no ids, no labels) before `fit`; returns self."""
         raise NotImplementedError(f"{self.name} does not pre-train on unlabeled audio")

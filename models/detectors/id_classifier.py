@@ -36,6 +36,9 @@ and cross-fitting, where a fold may lack an id. Each segment is scored on its ow
 depend on the rest of its batch, and streaming equals offline. Windows shorter than one segment cannot be scored.
 
 Fewer than 2 ids in `fit` is a ValueError: there is nothing to tell apart; `embed_knn` serves a single machine.
+With `across_types` (default false, added after the benchmark results above were known) training also passes the
+normal clips of every other machine type in the data as extra classes (`<type>/<id>`), so one machine of a type
+is told apart from the user's other machines; the bundle serves its own type's ids only.
 
 What it does not see: a fault that moves a clip further from the other ids (or along a direction the ids do not
 differ in) leaves p(own id) high, so it complements a distance-based detector rather than replacing it.
@@ -85,7 +88,7 @@ class IdClassifier(SegmentDetector):
 
     def __init__(self, segment_frames: int = SEGMENT_FRAMES, segment_hop: int = SEGMENT_HOP,
                  train_hop: int = TRAIN_HOP, C: float = 1.0, balanced: bool = True, max_iter: int = 1000,
-                 level_norm: bool = True) -> None:
+                 level_norm: bool = True, across_types: bool = False) -> None:
         self.segment_frames = segment_frames
         self.segment_hop = segment_hop
         self.train_hop = train_hop
@@ -93,6 +96,7 @@ class IdClassifier(SegmentDetector):
         self.balanced = balanced
         self.max_iter = max_iter
         self.level_norm = level_norm
+        self.across_types = across_types
 
     @classmethod
     def example_input(cls) -> ExampleInput:
@@ -104,8 +108,12 @@ class IdClassifier(SegmentDetector):
         super()._check_params()
         if isinstance(self.C, bool) or not isinstance(self.C, (int, float)) or not float(self.C) > 0:
             raise ValueError(f"{self.name}: C (the inverse L2 strength) must be a positive number, got {self.C!r}")
-        if not isinstance(self.balanced, bool):
-            raise ValueError(f"{self.name}: balanced must be true or false, got {self.balanced!r}")
+        for key in ("balanced", "across_types"):
+            if not isinstance(getattr(self, key), bool):
+                raise ValueError(f"{self.name}: {key} must be true or false, got {getattr(self, key)!r}")
+
+    def learns_other_types(self) -> bool:
+        return bool(self.across_types)
 
     # -- fit ---------------------------------------------------------------------------------------------------------
 
@@ -121,7 +129,8 @@ class IdClassifier(SegmentDetector):
         if len(names) < 2:
             raise ValueError(f"{self.name} learns to tell the machine ids of a type apart (the other ids act as "
                              f"outliers): it needs clips of at least 2 machine ids of the type, got only {names}; "
-                             f"for a single machine use embed_knn")
+                             f"for a single machine use embed_knn, or across_types: true to tell it apart from the "
+                             f"other machine types")
         embs = self._embed(checked, int(self.train_hop), f"{self.name}.fit clips")
         E = torch.cat(embs)
         mean, scale = standardizer(E)

@@ -256,17 +256,17 @@ def split_holdout(clips: Sequence[Any], holdout: float, seed: int) -> tuple[list
 
 
 def cross_fitted_scores(rebuild: Callable[[], ModelSpec], feats: Sequence[torch.Tensor], ids: Sequence[str] | None,
-                        seed: int, folds: int = MAX_FOLDS) -> np.ndarray:
+                        seed: int, folds: int = MAX_FOLDS, others: Others | None = None) -> np.ndarray:
     """Out-of-fold scores `[n]`: the clips in `min(folds, n)` seeded folds, each fold scored by a fresh model
-    (`rebuild()`: stages and detector as configured) fitted on the other folds."""
+    (`rebuild()`: stages and detector as configured) fitted on the other folds (and on all of `others`)."""
     scores = np.empty(len(feats), dtype=np.float64)
-    for held, chain in fold_chains(rebuild, feats, ids, seed, folds):
+    for held, chain in fold_chains(rebuild, feats, ids, seed, folds, others):
         scores[held] = chain.score_windows([feats[i] for i in held], None if ids is None else [ids[i] for i in held])
     return scores
 
 
 def fold_chains(rebuild: Callable[[], ModelSpec], feats: Sequence[torch.Tensor], ids: Sequence[str] | None,
-                seed: int, folds: int = MAX_FOLDS) -> Iterator[tuple[np.ndarray, Chain]]:
+                seed: int, folds: int = MAX_FOLDS, others: Others | None = None) -> Iterator[tuple[np.ndarray, Chain]]:
     """The seeded folds of cross-fitting: for each of `min(folds, n)` folds, the indices of its clips and a fresh
     chain (`rebuild()`) fitted on the other folds' clips. A chain that cannot be fitted on a fold's share says how
     many clips that was."""
@@ -278,21 +278,38 @@ def fold_chains(rebuild: Callable[[], ModelSpec], feats: Sequence[torch.Tensor],
         rest = np.setdiff1d(order, held)
         spec = rebuild()
         try:
-            chain, _ = fit_chain(spec, [feats[i] for i in rest], None if ids is None else [ids[i] for i in rest])
+            chain, _ = fit_chain(spec, [feats[i] for i in rest], None if ids is None else [ids[i] for i in rest],
+                                 others)
         except ValueError as err:
             raise ValueError(f"cross-fitting {spec.detector.name} ({k} folds of {n} clips, each copy fitted on "
                              f"{rest.size}): {err}") from err
         yield held, chain
 
 
-def fit_chain(spec: ModelSpec, feats: Sequence[torch.Tensor],
-               ids: Sequence[str] | None) -> tuple[Chain, list[torch.Tensor]]:
-    """Stages fitted in order, then the detector; returns the chain and the clips as the detector saw them."""
+@dataclass(frozen=True)
+class Others:
+    """Featurised normal clips of other machine types with their class ids (`<type>/<id>`): the extra classes of a
+    classifier of ids that `learns_other_types`. Stages are fitted on the machine's own clips and only applied to
+    these; the threshold and the bundle's ids come from the own clips alone."""
+
+    feats: list[torch.Tensor]
+    ids: list[str]
+
+
+def fit_chain(spec: ModelSpec, feats: Sequence[torch.Tensor], ids: Sequence[str] | None,
+              others: Others | None = None) -> tuple[Chain, list[torch.Tensor]]:
+    """Stages fitted in order, then the detector (on `others` too, when given); returns the chain and the own clips
+    as the detector saw them."""
     feats = list(feats)
+    extra = list(others.feats) if others else []
     for stage in spec.stages:
         stage.fit(feats, ids)
         feats = stage.transform_clips(feats)
-    spec.detector.fit(feats, ids)
+        extra = stage.transform_clips(extra) if extra else extra
+    if others:
+        spec.detector.fit([*feats, *extra], [*(ids or []), *others.ids])
+    else:
+        spec.detector.fit(feats, ids)
     return Chain(spec.stages, spec.detector), feats
 
 
@@ -311,6 +328,7 @@ def train_bundle(
     extra_summary: dict[str, Any] | None = None,
     unlabeled: Sequence[ClipLike] = (),
     pretrained: Detector | None = None,
+    other_types: Sequence[ClipLike] = (),
 ) -> Path:
     """Train `model_name` on the normal training clips of `machine`, set the threshold, write a bundle at `out`.
 
@@ -318,6 +336,10 @@ def train_bundle(
     plus `unlabeled` (normal training clips of any machine type and id: `pretraining_clips`), or start from a copy
     of `pretrained` (a detector of the same model, already pre-trained by `pretrain_detector`: one pre-training
     for several machines). Cross-fitting folds reuse that representation and fit only what is per machine.
+
+    Classifiers of ids configured to learn other machine types (`learns_other_types`: `across_types: true`) also
+    fit the normal training clips of `other_types` (clips of any other machine type; this machine's are ignored)
+    as extra classes; the threshold, its cross-fitting folds and the bundle's ids are this machine's own.
 
     Bad settings fail before any audio is read. Used by `asd-offline train` (and `select`, whose choice goes into
     the training summary through `extra_summary`).
@@ -334,6 +356,7 @@ def train_bundle(
                               device=device, progress=progress, epochs=epochs)
     spec = build_spec(model_name, config, device=device, progress=progress, epochs=epochs)
     _check_pretraining(spec, unlabeled, pretrained)
+    other_clips = _other_type_clips(spec, other_types, machine)
     chosen = select_training_clips(clips, machine, ids)
     cross = needs_cross_fit(len(chosen), spec.holdout, gamma=spec.threshold["method"] == "gamma")
     fit_clips, hold_clips = (list(chosen), []) if cross else split_holdout(chosen, spec.holdout, spec.seed)
@@ -354,6 +377,12 @@ def train_bundle(
                "feature_seconds": round(time.perf_counter() - t0, 3), "device": describe(dev),
                **(extra_summary or {})}
     fit_ids = [c.id for c in fit_clips]
+    others = None
+    if other_clips:
+        other_feats, _ = _featurise(other_clips, spec.feature, dev, show)
+        others = Others(other_feats, [f"{c.machine}/{c.id}" for c in other_clips])
+        summary["other_types"] = {"clips": len(other_clips), "types": sorted({c.machine for c in other_clips}),
+                                  "classes": len(set(others.ids))}
     if spec.detector.pretrains:
         spec.detector = _pretrained_copy(spec, fit_feats, unlabeled, pretrained, dev, show)
         summary["pretraining"] = {"clips": int(getattr(spec.detector, "pretrain_clips_", 0)),
@@ -366,9 +395,24 @@ def train_bundle(
                 fresh.detector = copy.deepcopy(spec.detector)
             return fresh
 
-        oof = cross_fitted_scores(rebuild, fit_feats, fit_ids, spec.seed)
+        oof = cross_fitted_scores(rebuild, fit_feats, fit_ids, spec.seed, others=others)
     return fit_bundle(out, spec, fit_feats, fit_ids, hold_feats, [c.id for c in hold_clips],
-                      machine=machine, summary=summary, cross_fitted=oof)
+                      machine=machine, summary=summary, cross_fitted=oof, others=others)
+
+
+def _other_type_clips(spec: ModelSpec, other_types: Sequence[ClipLike], machine: str) -> list[ClipLike]:
+    """The normal training clips of other machine types that `spec.detector` learns as extra classes (none unless
+    it `learns_other_types`); errors when they are given to a detector that does not, or missing for one that does."""
+    name = spec.detector.name
+    learns = spec.detector.learns_other_types()
+    if other_types and not learns:
+        raise ValueError(f"{name} does not learn other machine types' clips (only classifiers of ids with "
+                         "across_types: true do)")
+    chosen = [c for c in pretraining_clips(other_types) if c.machine != machine] if learns else []
+    if learns and not chosen:
+        raise ValueError(f"{name} with across_types: true learns {machine}'s ids against other machine types, but "
+                         f"the data has no normal training clips of any type but {machine}")
+    return chosen
 
 
 def pretraining_clips(clips: Sequence[ClipLike]) -> list[ClipLike]:
@@ -431,6 +475,7 @@ def fit_bundle(
     extra: dict[str, Any] | None = None,
     members: dict[str, Path] | None = None,
     cross_fitted: np.ndarray | None = None,
+    others: Others | None = None,
 ) -> Path:
     """Fit the stages in order, then the detector, on `fit` (per-clip feature matrices with their machine ids);
     set the threshold on the scores of `holdout` (the training clips' own scores when there is none, which
@@ -440,7 +485,8 @@ def fit_bundle(
     Per-id thresholds are set for every id with enough held-out clips when `spec.per_id_thresholds` (an id
     without gets the global one): machine ids of one type often score on different scales. Each threshold's
     calibration (`models.threshold.calibration`) goes beside it: `info["calibration"]` for the global one,
-    `info["per_id_calibration"][id]` for an id's own.
+    `info["per_id_calibration"][id]` for an id's own. `others` (other machine types' clips) are fitted as extra
+    classes and play no part in the threshold.
     """
     fit = list(fit)
     holdout = list(holdout)
@@ -448,7 +494,7 @@ def fit_bundle(
     ids_hold = None if holdout_ids is None else [str(i) for i in holdout_ids]
     t0 = time.perf_counter()
     cpu0 = time.process_time()  # CPU time of all threads: tells a slow machine from a busy one
-    chain, transformed = fit_chain(spec, fit, ids_fit)
+    chain, transformed = fit_chain(spec, fit, ids_fit, others)
     t_fit, cpu_fit = time.perf_counter() - t0, time.process_time() - cpu0
     if not distributed.is_main():
         log.info("process %d of %d: fitted; process 0 writes the bundle", distributed.rank(),

@@ -118,6 +118,25 @@ def test_one_split_end_to_end_through_train_bundle(real: Path, tmp_path: Path) -
     assert summary["rms_level"]["gain_correlation"] == pytest.approx(1.0)
     assert "rms_level" in summary["iforest"]["vs"]
     assert len(doc["levels"]["2"]["runs"]["iforest"]) == 1 and doc["units"][0]["train_half"] == 2
+    assert "other_types" not in doc  # no detector here learns other machine types
+
+
+def test_a_classifier_across_types_also_fits_the_other_types_training_clips(real: Path, tmp_path: Path) -> None:
+    bench = _bench()
+    units = bench.find_units(real)
+    entry = "id_classifier:across_types=true:segment_frames=8:segment_hop=4:train_hop=2"  # 1 s clips
+    _, bundles, _ = bench.train_units(entry, units, 0, "2", None, bench.Audio(), tmp_path / "work")
+    for k, unit in enumerate(units):
+        own = sorted(u.id for u in units if u.machine == unit.machine)
+        others = sorted(u.name for u in units if u.machine != unit.machine)
+        assert bundles[k].ids == own and bundles[k].detector.learned()["ids"] == sorted(own + others)
+        # 2 training clips per unit at this level, of every unit of the other type
+        assert bundles[k].meta["training"]["other_types"]["clips"] == 2 * len(others)
+    out = tmp_path / "results"
+    assert bench.main(["--models", entry, "--real-dir", str(real), "--splits", "1", "--levels", "2",
+                       "--bootstrap", "20", "--name", "across", "--out-dir", str(out)]) == 0
+    doc = json.loads((out / "across.json").read_text())
+    assert doc["other_types"] == bench.OTHER_TYPES and doc["protocol"] in bench.__doc__
 
 
 def test_auto_chooses_per_unit_from_training_clips_and_records_why(real: Path, tmp_path: Path) -> None:

@@ -11,6 +11,10 @@ defaults), and scoring splits a window into crops: non-overlapping from the star
 window's end when the length is not a multiple; the window's score is the mean of its crops' scores. A monitor
 window of the bundle's length (`window_seconds` 10 with the defaults) is one crop, scored exactly as offline.
 
+With `across_types` the classes are also the ids of every other machine type in the training data (`<type>/<id>`,
+passed by training): the reference trains one network over all types, so that each id is told apart from every
+other machine a user has. The bundle serves its own type's ids; the score is the same -log p(own id).
+
 Training as the reference: Adam 1e-4, cosine annealing of the learning rate, batch 128, up to 300 epochs; the
 reference then keeps the epoch with the best AUC *on the test set*. Here the kept epoch is the one with the lowest
 classification loss on held-out normal clips (`validation_split`, by clip), which never sees an anomaly.
@@ -101,6 +105,7 @@ class StgramMfn(Detector):
         device: str = "auto",
         progress: bool = True,
         num_threads: int | None = None,
+        across_types: bool = False,
     ) -> None:
         self.frames = frames
         self.n_mels = n_mels
@@ -119,6 +124,7 @@ class StgramMfn(Detector):
         self.device = device
         self.progress = progress
         self.num_threads = num_threads
+        self.across_types = across_types
 
     @classmethod
     def example_input(cls) -> ExampleInput:
@@ -142,6 +148,8 @@ class StgramMfn(Detector):
             raise ValueError(f"{self.name}: sizes must be >= 1 ({bad or 'blocks'}); blocks are [t, c, n, s] rows")
         if not 0.0 <= float(self.margin) < math.pi / 2 or not float(self.scale) > 0:
             raise ValueError(f"{self.name}: need 0 <= margin < pi/2 and scale > 0, got {self.margin}, {self.scale}")
+        if not isinstance(self.across_types, bool):
+            raise ValueError(f"{self.name}: across_types must be true or false, got {self.across_types!r}")
         if dim is not None and dim <= int(self.n_mels):
             raise ValueError(f"{self.name}: vectors of {dim} values cannot hold {self.n_mels} mel values and a raw "
                              f"frame: use the `stgram` feature (n_mels {self.n_mels})")
@@ -152,6 +160,9 @@ class StgramMfn(Detector):
             return StgramMFN(n_classes, int(self.n_mels), dim - int(self.n_mels), int(self.frames), self.blocks,
                              int(self.stem), int(self.head), int(self.embedding), float(self.margin),
                              float(self.scale))
+
+    def learns_other_types(self) -> bool:
+        return bool(self.across_types)
 
     def fit(self, clips: ClipsLike, ids: Sequence[str] | None = None) -> "StgramMfn":
         checked = check_clips(clips, what=f"{self.name}.fit clips")
@@ -166,7 +177,7 @@ class StgramMfn(Detector):
         classes = sorted(set(clip_ids))
         if len(classes) < 2:
             raise ValueError(f"{self.name} learns to tell machine ids apart: it needs clips of at least 2 ids, "
-                             f"got only {classes}")
+                             f"got only {classes} (across_types: true adds the other machine types' ids)")
         index = {c: k for k, c in enumerate(classes)}
         labels = torch.tensor([index[i] for i in clip_ids], dtype=torch.long)
         lengths = [c.shape[0] for c in checked]
