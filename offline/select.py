@@ -2,8 +2,9 @@
 
 For a new machine with a handful of normal recordings and no faults: every candidate is cross-fitted on the normal
 training clips and scored on held-out clips with and without synthetic faults added (`models.training.selection`
-says how, and why no anomaly label is read); the one with the highest pseudo-AUC is trained on all the clips as
-`asd-offline train` would, and its bundle records the selection (`training.selection` in bundle.json).
+says how, and why no anomaly label is read); the one with the highest pseudo-AUC among those whose held-out scores do
+not move with a 3 dB gain change (the gain gate) is trained on all the clips as `asd-offline train` would, and its
+bundle records the selection (`training.selection` in bundle.json).
 
 Candidates: by default the one-pass detectors whose scores ignore the microphone gain (`GAIN_INDEPENDENT`:
 `embed_knn` and the level-normalised and modulation-depth variants of `modspec_graph`); `--candidates all` for
@@ -76,8 +77,14 @@ def run(args: argparse.Namespace) -> int:
     configs = {name: apply_flags(cfg, args) for name, cfg in candidate_configs(names, args.configs).items()}
     clips = load_clips(args.data, machine=args.machine, lenient=False)
     choice = select_detector(clips, args.machine, configs, ids=args.ids, seed=args.seed or 0)
+    follows = set(choice.follows_gain)
     for name in configs:
-        shown = f"{choice.pseudo_auc[name]:.3f}" if name in choice.pseudo_auc else f"not measured: {choice.failed[name]}"
+        if name in choice.pseudo_auc:
+            gains = " / ".join(f"{v:.2f}" for v in choice.gain_auc[name].values())
+            shown = (f"{choice.pseudo_auc[name]:.3f}  gain AUC {gains}"
+                     f"{'  (follows the input gain)' if name in follows else ''}")
+        else:
+            shown = f"not measured: {choice.failed[name]}"
         print(f"{'*' if name == choice.chosen else ' '} {name:<16} pseudo-AUC {shown}")
     report = {**choice.to_dict(), "data": str(args.data), "machine": args.machine, "ids": args.ids}
     if args.report:

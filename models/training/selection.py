@@ -9,6 +9,12 @@ choosing on the answer. This module gives every candidate a stand-in measured on
   fault drawn from its own seed).
 - The candidate's *pseudo-AUC* is the mean over folds of the AUC of those two sets of scores (ties count half).
   The candidate with the highest is chosen; ties go to the first in candidate order, which is alphabetical.
+- Gain gate (added 2026-12-03, after the few-normals benchmark's `auto` figures were known; normal clips only):
+  each fold's clips are also scored with every sample scaled by each gain of `GAIN_CHECK_DB` (-3 and +3 dB). A
+  candidate whose mean *gain AUC* (as recorded vs gained, per gain) is further than `GAIN_TOLERANCE` (0.05) from
+  0.5 at either gain follows the microphone gain, and is chosen only when every candidate does (said in the log
+  and the record). It is the rule the README's few-normals default applies to the benchmark's gain figures, here
+  measured on the user's own clips.
 - Candidates: `default_candidates()` is every registered detector that fits in one pass, takes one model per id
   and is not an ensemble (the few-normals benchmark's `auto` entry); `asd-offline select` defaults to those of
   them, in the configs that make them so, whose scores ignore the microphone gain (`GAIN_INDEPENDENT`).
@@ -44,6 +50,8 @@ log = logging.getLogger(__name__)
 # configs/variants/), in the order ties are broken. A monitor must not alarm when its input gain changes.
 GAIN_INDEPENDENT = ("embed_knn", "modspec_graph_level", "modspec_graph_depth")
 PSEUDO_FAULTS = ("whine", "impacts", "hiss")
+GAIN_CHECK_DB = (-3.0, 3.0)  # the gain gate: a candidate's held-out normals scored at these input gains ...
+GAIN_TOLERANCE = 0.05  # ... must keep their AUC against the recorded clips within this of 0.5
 FAULT_LEVELS_DB = (-20.0, -10.0)  # the added sound's RMS relative to the clip's
 
 
@@ -112,13 +120,27 @@ class Selection:
     failed: dict[str, str] = field(default_factory=dict)
     n_clips: int = 0
     folds: int = 0
+    gain_auc: dict[str, dict[str, float]] = field(default_factory=dict)  # candidate -> gain (dB) -> gain AUC
+
+    @property
+    def follows_gain(self) -> list[str]:
+        """The measured candidates the gain gate keeps out (their scores move with the input gain)."""
+        return [name for name, by_gain in self.gain_auc.items() if not gain_independent(by_gain)]
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON form a bundle's training summary and `asd-offline select --report` keep."""
         return {"chosen": self.chosen, "pseudo_auc": self.pseudo_auc, "failed": self.failed,
                 "n_clips": self.n_clips, "folds": self.folds, "faults": list(PSEUDO_FAULTS),
-                "fault_levels_db": list(FAULT_LEVELS_DB),
-                "rule": "highest mean over folds of AUC(held-out normal clips, the same clips with a pseudo-fault)"}
+                "fault_levels_db": list(FAULT_LEVELS_DB), "gain_auc": self.gain_auc,
+                "follows_gain": self.follows_gain, "gain_tolerance": GAIN_TOLERANCE,
+                "rule": "highest mean over folds of AUC(held-out normal clips, the same clips with a pseudo-fault), "
+                        "among the candidates whose held-out normal scores do not move with a -3 / +3 dB gain "
+                        "(AUC within 0.05 of 0.5; among all when none)"}
+
+
+def gain_independent(gain_auc: Mapping[str, float]) -> bool:
+    """The gain gate: every gain AUC within `GAIN_TOLERANCE` of 0.5."""
+    return all(abs(v - 0.5) <= GAIN_TOLERANCE for v in gain_auc.values())
 
 
 def select_detector(
@@ -151,6 +173,7 @@ def select_detector(
     audio: dict[int, list[np.ndarray]] = {}  # sample rate -> clips
     faulted: dict[int, list[list[np.ndarray]]] = {}  # sample rate -> per clip, its faulted versions
     scores: dict[str, float] = {}
+    gain_auc: dict[str, dict[str, float]] = {}
     failed: dict[str, str] = {}
     for name, config in configs.items():
         try:
@@ -162,27 +185,41 @@ def select_detector(
                 faulted[rate] = [_faulted_versions(w, rate, seed, i) for i, w in enumerate(audio[rate])]
             feats = [f.cpu() for f in spec.feature.extract_batch(audio[rate], "cpu")]
             fault_feats = [[f.cpu() for f in spec.feature.extract_batch(v, "cpu")] for v in faulted[rate]]
+            gain_feats = {g: [f.cpu() for f in spec.feature.extract_batch(
+                [w * np.float32(10 ** (g / 20)) for w in audio[rate]], "cpu")] for g in GAIN_CHECK_DB}
+
             def rebuild(model: str = model, config: dict[str, Any] = config) -> ModelSpec:
                 return build_spec(model, config, device="cpu", progress=False)
 
-            aucs = []
+            aucs, by_gain = [], {g: [] for g in GAIN_CHECK_DB}
             for held, chain in fold_chains(rebuild, feats, clip_ids, seed):
-                normal = chain.score_windows([feats[i] for i in held], [clip_ids[i] for i in held])
+                held_ids = [clip_ids[i] for i in held]
+                normal = np.asarray(chain.score_windows([feats[i] for i in held], held_ids), dtype=np.float64)
                 bad_feats = [f for i in held for f in fault_feats[i]]
                 bad_ids = [clip_ids[i] for i in held for _ in fault_feats[i]]
-                aucs.append(_auc(np.asarray(normal, dtype=np.float64),
-                                 np.asarray(chain.score_windows(bad_feats, bad_ids), dtype=np.float64)))
+                aucs.append(_auc(normal, np.asarray(chain.score_windows(bad_feats, bad_ids), dtype=np.float64)))
+                for g in GAIN_CHECK_DB:
+                    gained = chain.score_windows([gain_feats[g][i] for i in held], held_ids)
+                    by_gain[g].append(_auc(normal, np.asarray(gained, dtype=np.float64)))
             scores[name] = float(np.mean(aucs))
-            log.info("selection %s/%s: %s pseudo-AUC %.3f (%d folds of %d clips)", machine, ",".join(ids or []) or
-                     "all ids", name, scores[name], k, n)
+            gain_auc[name] = {str(g): float(np.mean(v)) for g, v in by_gain.items()}
+            log.info("selection %s/%s: %s pseudo-AUC %.3f, gain AUC %s (%d folds of %d clips)", machine,
+                     ",".join(ids or []) or "all ids", name, scores[name],
+                     " / ".join(f"{v:.2f}" for v in gain_auc[name].values()), k, n)
         except ValueError as err:  # e.g. too few clips per fold for this model: said, not hidden
             failed[name] = str(err)
             log.warning("selection %s: %s cannot be measured: %s", machine, name, err)
     if not scores:
         raise ValueError(f"no candidate could be measured on {n} clips: {failed}")
-    best = max(scores.values())
-    winner = next(name for name in configs if scores.get(name) == best)
-    return Selection(chosen=winner, pseudo_auc=scores, failed=failed, n_clips=n, folds=k)
+    eligible = {name: v for name, v in scores.items() if gain_independent(gain_auc[name])}
+    if not eligible:
+        log.warning("selection %s: every candidate's scores follow the input gain (%s): choosing among all of them; "
+                    "fix the microphone's gain, or the monitor will alarm when it changes", machine,
+                    ", ".join(scores))
+        eligible = scores
+    best = max(eligible.values())
+    winner = next(name for name in configs if eligible.get(name) == best)
+    return Selection(chosen=winner, pseudo_auc=scores, failed=failed, n_clips=n, folds=k, gain_auc=gain_auc)
 
 
 def _faulted_versions(wav: np.ndarray, sample_rate: int, seed: int, index: int) -> list[np.ndarray]:
@@ -202,5 +239,5 @@ def _read(clip: ClipLike, sample_rate: int) -> np.ndarray:
     return WavReader(clip.path, sample_rate=sample_rate, resample=True).read()
 
 
-__all__ = ["FAULT_LEVELS_DB", "GAIN_INDEPENDENT", "PSEUDO_FAULTS", "Selection", "add_fault", "default_candidates",
-           "select_detector"]
+__all__ = ["FAULT_LEVELS_DB", "GAIN_CHECK_DB", "GAIN_INDEPENDENT", "GAIN_TOLERANCE", "PSEUDO_FAULTS", "Selection",
+           "add_fault", "default_candidates", "gain_independent", "select_detector"]

@@ -15,6 +15,8 @@ from models.bundle import load_bundle
 from models.detectors import get_detector, registered
 from models.training.selection import (
     FAULT_LEVELS_DB,
+    GAIN_CHECK_DB,
+    GAIN_TOLERANCE,
     PSEUDO_FAULTS,
     add_fault,
     default_candidates,
@@ -73,7 +75,8 @@ def test_the_choice_is_the_highest_pseudo_auc_and_faults_are_noticed() -> None:
     configs = {"embed_knn": {"model": "embed_knn"}, "modspec_graph": {"model": "modspec_graph"}}
     sel = select_detector(clips, "fan", configs, seed=3, load=_hum)
     assert set(sel.pseudo_auc) == set(configs) and not sel.failed
-    assert sel.chosen == max(sel.pseudo_auc, key=lambda n: (sel.pseudo_auc[n], -list(configs).index(n)))
+    eligible = [n for n in configs if n not in sel.follows_gain] or list(configs)
+    assert sel.chosen == max(eligible, key=lambda n: (sel.pseudo_auc[n], -list(configs).index(n)))
     assert (sel.n_clips, sel.folds) == (6, 5)
     # a steady hum with a whine, impacts or hiss on top at -20/-10 dB: both notice most of them (0.5 would mean the
     # faults were not there, or not scored)
@@ -105,11 +108,30 @@ def test_select_cli_trains_the_chosen_detector_and_its_bundle_says_why(tmp_path:
     printed = capsys.readouterr().out
     got = json.loads(report.read_text())
     assert set(got["pseudo_auc"]) == {"embed_knn", "lof"}
-    assert got["chosen"] == max(got["pseudo_auc"], key=lambda n: (got["pseudo_auc"][n], n == "embed_knn"))
+    eligible = [n for n in got["pseudo_auc"] if n not in got["follows_gain"]] or list(got["pseudo_auc"])
+    assert got["chosen"] == max(eligible, key=lambda n: (got["pseudo_auc"][n], n == "embed_knn"))
+    assert set(got["gain_auc"]) == set(got["pseudo_auc"])
     assert f"* {got['chosen']}" in printed
     bundle = load_bundle(out, device="cpu")
     assert bundle.name == got["chosen"]
     assert bundle.meta["training"]["selection"]["pseudo_auc"] == got["pseudo_auc"]
+
+
+def test_the_gain_gate_keeps_out_a_candidate_whose_scores_follow_the_input_gain(
+        caplog: pytest.LogCaptureFixture) -> None:
+    clips = [_Clip(Path(f"{i}.wav")) for i in range(4)]
+    plain = {"model": "modspec_graph"}
+    level = {"model": "modspec_graph", "feature": {"kind": "modspec", "level_norm": True}}
+    sel = select_detector(clips, "fan", {"plain": plain, "level": level}, load=_hum)
+    # level-normalised features do not change at all with a gain: every gained clip ties with itself
+    assert sel.gain_auc["level"] == {str(g): 0.5 for g in GAIN_CHECK_DB}
+    # the study's features carry the level: a 3 dB gain moves every held-out score the same way
+    assert any(abs(v - 0.5) > GAIN_TOLERANCE for v in sel.gain_auc["plain"].values()), sel.gain_auc
+    assert sel.follows_gain == ["plain"] and sel.chosen == "level"  # whatever their pseudo-AUCs
+    assert sel.to_dict()["follows_gain"] == ["plain"]
+    # when every candidate follows the gain, the best of them is chosen, and the log says what that means
+    alone = select_detector(clips, "fan", {"plain": plain}, load=_hum)
+    assert alone.chosen == "plain" and "follow the input gain" in caplog.text
 
 
 def test_two_variants_of_one_detector_compete_under_their_own_names() -> None:

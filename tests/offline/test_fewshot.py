@@ -140,8 +140,8 @@ def test_a_classifier_across_types_also_fits_the_other_types_training_clips(real
 
 
 def test_auto_chooses_per_unit_from_training_clips_and_records_why(real: Path, tmp_path: Path) -> None:
-    """The `auto` entry: every unit gets the candidate with the highest pseudo-AUC on its own training clips, and
-    the run keeps each unit's table."""
+    """The `auto` entry: every unit gets the candidate with the highest pseudo-AUC on its own training clips among
+    those that pass the gain gate, and the run keeps each unit's table."""
     from models.training.selection import default_candidates
 
     bench = _bench()
@@ -154,8 +154,9 @@ def test_auto_chooses_per_unit_from_training_clips_and_records_why(real: Path, t
     assert set(run["selected"]) == set(run["scores"]) == {u.name for u in bench.find_units(real)}
     for unit, sel in run["selected"].items():
         assert set(sel["pseudo_auc"]) | set(sel["failed"]) == set(default_candidates()), unit
-        best = max(sel["pseudo_auc"].values())
-        assert sel["chosen"] == min(n for n, v in sel["pseudo_auc"].items() if v == best), unit
+        eligible = {n: v for n, v in sel["pseudo_auc"].items() if n not in sel["follows_gain"]} or sel["pseudo_auc"]
+        best = max(eligible.values())
+        assert sel["chosen"] == min(n for n, v in eligible.items() if v == best), unit
     assert set(doc["models"]["auto"]["candidates"]) == set(default_candidates())
     from benchmarks.fewshot_recommend import recommend
 
