@@ -10,11 +10,14 @@ choosing on the answer. This module gives every candidate a stand-in measured on
 - The candidate's *pseudo-AUC* is the mean over folds of the AUC of those two sets of scores (ties count half).
   The candidate with the highest is chosen; ties go to the first in candidate order, which is alphabetical.
 - Gain gate (added 2026-12-03, after the few-normals benchmark's `auto` figures were known; normal clips only):
-  each fold's clips are also scored with every sample scaled by each gain of `GAIN_CHECK_DB` (-3 and +3 dB). A
-  candidate whose mean *gain AUC* (as recorded vs gained, per gain) is further than `GAIN_TOLERANCE` (0.05) from
-  0.5 at either gain follows the microphone gain, and is chosen only when every candidate does (said in the log
-  and the record). It is the rule the README's few-normals default applies to the benchmark's gain figures, here
-  measured on the user's own clips.
+  each fold's clips are also scored with every sample scaled by each gain of `GAIN_CHECK_DB` (-3 and +3 dB). The
+  *gain AUC* at a gain is P(gained score of clip i > recorded score of clip j) over all pairs of *different* clips,
+  the out-of-fold scores of every fold pooled (a clip against itself would turn a change at the numbers' precision
+  into 0 or 1; over pairs of different clips an unchanged score gives exactly 0.5). A candidate whose gain AUC is
+  further than `GAIN_TOLERANCE` (0.05) from 0.5 at either gain follows the microphone gain, and is chosen only
+  when every candidate does (said in the log and the record). It is the rule the README's few-normals default
+  applies to the benchmark's gain figures, here measured on the user's own clips; with 2-3 clips it can only see
+  a gain effect larger than the clips' own spread.
 - Candidates: `default_candidates()` is every registered detector that fits in one pass, takes one model per id
   and is not an ensemble (the few-normals benchmark's `auto` entry); `asd-offline select` defaults to those of
   them, in the configs that make them so, whose scores ignore the microphone gain (`GAIN_INDEPENDENT`).
@@ -111,6 +114,14 @@ def _auc(normal: np.ndarray, faulted: np.ndarray) -> float:
     return float(np.mean((diff > 0) + 0.5 * (diff == 0)))
 
 
+def gain_auc(recorded: np.ndarray, gained: np.ndarray) -> float:
+    """P(gained[i] > recorded[j]) over the pairs i != j of the same clips (ties half): exactly 0.5 when the gain
+    changes no score, whatever the scores."""
+    diff = gained[:, None] - recorded[None, :]
+    off = ~np.eye(len(recorded), dtype=bool)
+    return float(np.mean(((diff > 0) + 0.5 * (diff == 0))[off]))
+
+
 @dataclass
 class Selection:
     """What `select_detector` found: every candidate's pseudo-AUC (or why it could not be measured), the choice."""
@@ -135,7 +146,8 @@ class Selection:
                 "follows_gain": self.follows_gain, "gain_tolerance": GAIN_TOLERANCE,
                 "rule": "highest mean over folds of AUC(held-out normal clips, the same clips with a pseudo-fault), "
                         "among the candidates whose held-out normal scores do not move with a -3 / +3 dB gain "
-                        "(AUC within 0.05 of 0.5; among all when none)"}
+                        "(AUC of gained vs recorded clips, pairs of different clips, within 0.05 of 0.5; among all "
+                        "when none)"}
 
 
 def gain_independent(gain_auc: Mapping[str, float]) -> bool:
@@ -173,7 +185,7 @@ def select_detector(
     audio: dict[int, list[np.ndarray]] = {}  # sample rate -> clips
     faulted: dict[int, list[list[np.ndarray]]] = {}  # sample rate -> per clip, its faulted versions
     scores: dict[str, float] = {}
-    gain_auc: dict[str, dict[str, float]] = {}
+    by_gain: dict[str, dict[str, float]] = {}
     failed: dict[str, str] = {}
     for name, config in configs.items():
         try:
@@ -191,27 +203,28 @@ def select_detector(
             def rebuild(model: str = model, config: dict[str, Any] = config) -> ModelSpec:
                 return build_spec(model, config, device="cpu", progress=False)
 
-            aucs, by_gain = [], {g: [] for g in GAIN_CHECK_DB}
+            aucs = []
+            recorded, gained = np.empty(n), {g: np.empty(n) for g in GAIN_CHECK_DB}  # out-of-fold, pooled
             for held, chain in fold_chains(rebuild, feats, clip_ids, seed):
                 held_ids = [clip_ids[i] for i in held]
                 normal = np.asarray(chain.score_windows([feats[i] for i in held], held_ids), dtype=np.float64)
                 bad_feats = [f for i in held for f in fault_feats[i]]
                 bad_ids = [clip_ids[i] for i in held for _ in fault_feats[i]]
                 aucs.append(_auc(normal, np.asarray(chain.score_windows(bad_feats, bad_ids), dtype=np.float64)))
+                recorded[held] = normal
                 for g in GAIN_CHECK_DB:
-                    gained = chain.score_windows([gain_feats[g][i] for i in held], held_ids)
-                    by_gain[g].append(_auc(normal, np.asarray(gained, dtype=np.float64)))
+                    gained[g][held] = chain.score_windows([gain_feats[g][i] for i in held], held_ids)
             scores[name] = float(np.mean(aucs))
-            gain_auc[name] = {str(g): float(np.mean(v)) for g, v in by_gain.items()}
+            by_gain[name] = {str(g): gain_auc(recorded, v) for g, v in gained.items()}
             log.info("selection %s/%s: %s pseudo-AUC %.3f, gain AUC %s (%d folds of %d clips)", machine,
                      ",".join(ids or []) or "all ids", name, scores[name],
-                     " / ".join(f"{v:.2f}" for v in gain_auc[name].values()), k, n)
+                     " / ".join(f"{v:.2f}" for v in by_gain[name].values()), k, n)
         except ValueError as err:  # e.g. too few clips per fold for this model: said, not hidden
             failed[name] = str(err)
             log.warning("selection %s: %s cannot be measured: %s", machine, name, err)
     if not scores:
         raise ValueError(f"no candidate could be measured on {n} clips: {failed}")
-    eligible = {name: v for name, v in scores.items() if gain_independent(gain_auc[name])}
+    eligible = {name: v for name, v in scores.items() if gain_independent(by_gain[name])}
     if not eligible:
         log.warning("selection %s: every candidate's scores follow the input gain (%s): choosing among all of them; "
                     "fix the microphone's gain, or the monitor will alarm when it changes", machine,
@@ -219,7 +232,7 @@ def select_detector(
         eligible = scores
     best = max(eligible.values())
     winner = next(name for name in configs if eligible.get(name) == best)
-    return Selection(chosen=winner, pseudo_auc=scores, failed=failed, n_clips=n, folds=k, gain_auc=gain_auc)
+    return Selection(chosen=winner, pseudo_auc=scores, failed=failed, n_clips=n, folds=k, gain_auc=by_gain)
 
 
 def _faulted_versions(wav: np.ndarray, sample_rate: int, seed: int, index: int) -> list[np.ndarray]:
@@ -240,4 +253,4 @@ def _read(clip: ClipLike, sample_rate: int) -> np.ndarray:
 
 
 __all__ = ["FAULT_LEVELS_DB", "GAIN_CHECK_DB", "GAIN_INDEPENDENT", "GAIN_TOLERANCE", "PSEUDO_FAULTS", "Selection",
-           "add_fault", "default_candidates", "gain_independent", "select_detector"]
+           "add_fault", "default_candidates", "gain_auc", "gain_independent", "select_detector"]
