@@ -14,8 +14,10 @@ the frames apart, denoises each frame once, and stacks the denoised frames again
 
 from __future__ import annotations
 
+import functools
 import json
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Sequence
 
 import torch
@@ -30,6 +32,23 @@ class DenoiserState:
 
     lstm: tuple[torch.Tensor, torch.Tensor]
     tail: torch.Tensor
+
+
+def _bundle_key(path: str) -> tuple[str, int]:
+    """The bundle folder and the time its weights were last written: a rewritten bundle is read again."""
+    from models.bundle import WEIGHTS_FILE
+
+    weights = Path(path) / WEIGHTS_FILE
+    return str(Path(path).resolve()), weights.stat().st_mtime_ns if weights.exists() else -1
+
+
+@functools.lru_cache(maxsize=4)
+def _load_source(path: str, written_ns: int) -> Any:
+    """The denoiser bundle, read once for the feature check and every fit of a training run (cross-fitting builds a
+    fresh stage per fold). Its network is only read from, never changed, so the stages can share it."""
+    from models.bundle import load_bundle
+
+    return load_bundle(path, device="cpu")
 
 
 @register_stage
@@ -58,12 +77,12 @@ class LstmDenoiserStage(Stage):
                              f"{json.dumps({k: theirs.get(k) for k in diff})}); train both on the same log-mel")
 
     def _source(self) -> Any:
-        from models.bundle import BundleError, load_bundle
+        from models.bundle import BundleError
 
         if not self.bundle:
             raise ValueError(f"{self.name}: give the denoiser bundle to use: stages: [{{name: {self.name}, params: "
                              "{bundle: DENOISER_DIR}}]")
-        source = load_bundle(self.bundle, device="cpu")
+        source = _load_source(*_bundle_key(self.bundle))
         if source.kind != "denoiser":
             raise BundleError(f"{self.bundle}: a {source.kind} bundle ({source.name}), not a denoiser")
         return source

@@ -4,6 +4,8 @@ streamed with carried state equal to the offline pass."""
 
 from __future__ import annotations
 
+import os
+
 from dataclasses import replace
 
 import numpy as np
@@ -188,6 +190,26 @@ def test_a_denoiser_stage_needs_a_denoiser_bundle_on_the_same_log_mel(tmp_path, 
     with pytest.raises(ValueError, match="not a denoiser"):
         build_spec("dcase_ae", {"feature": FEATURE.to_dict(),
                                 "stages": [{"name": "lstm_denoiser", "params": {"bundle": str(other)}}]})
+
+
+def test_the_source_bundle_is_read_once_per_training_and_again_when_rewritten(tmp_path, denoiser_dir,
+                                                                              monkeypatch) -> None:
+    import shutil
+
+    import models.bundle
+    from models.stages import lstm_denoiser
+
+    reads: list[str] = []
+    real = models.bundle.load_bundle
+    monkeypatch.setattr(models.bundle, "load_bundle", lambda path, **kw: reads.append(str(path)) or real(path, **kw))
+    src = tmp_path / "den"
+    shutil.copytree(denoiser_dir, src)
+    _denoised_detector(tmp_path / "a", src, 1)  # the feature check and the fit
+    _denoised_detector(tmp_path / "b", src, 3)
+    assert reads == [str(src.resolve())]
+    shutil.copytree(denoiser_dir, src, dirs_exist_ok=True)
+    os.utime(src / models.bundle.WEIGHTS_FILE, ns=(1, 1))  # written again (another time stamp)
+    assert lstm_denoiser.LstmDenoiserStage(bundle=str(src)).source_feature() and len(reads) == 2
 
 
 def test_a_detector_bundle_with_the_stage_is_self_contained(tmp_path, denoiser_dir) -> None:
