@@ -1,6 +1,6 @@
 """Classifiers of machine ids across machine types (`across_types: true`, `Detector.learns_other_types`): the other
 types' normal training clips become extra classes `<type>/<id>`, while the threshold, the cross-fitting folds and
-the bundle's ids stay the machine's own; through the recipe (stages fitted on the own clips and applied to the
+the bundle's ids stay the machine's own, and the monitor streams such a bundle as offline; through the recipe (stages fitted on the own clips and applied to the
 others), the errors on a misuse, and `asd-offline train` on a data set of several types (`id_classifier`,
 `stgram_mfn` at a tiny size)."""
 
@@ -49,6 +49,11 @@ def test_one_machine_is_told_apart_from_the_other_types(root: Path, tmp_path: Pa
     assert np.isfinite(scores).all() and (scores >= 0).all()
     with pytest.raises(ValueError, match="pump/id_01"):
         b.check_machine_id("pump/id_01")  # another type's class is not a source this bundle serves
+    # the monitor's path: a stream of one test clip in chunks, one window over all of it, scores as offline
+    scorer = b.stream_scorer(n_streams=1, window=len(tests[0]) / b.sample_rate, hop=0.25, machine_ids=["id_00"])
+    chunks = [tests[0][start : start + 3000] for start in range(0, len(tests[0]), 3000)]
+    streamed = [v for chunk in chunks for _, v in scorer.accept([chunk])[0]]
+    np.testing.assert_allclose(streamed, scores[:1], rtol=1e-5)
 
 
 def test_a_single_id_without_across_types_says_how_to_get_outliers(root: Path, tmp_path: Path) -> None:
