@@ -1,8 +1,8 @@
 """Classifiers of machine ids across machine types (`across_types: true`, `Detector.learns_other_types`): the other
 types' normal training clips become extra classes `<type>/<id>`, while the threshold, the cross-fitting folds and
-the bundle's ids stay the machine's own, and the monitor streams such a bundle as offline; through the recipe (stages fitted on the own clips and applied to the
-others), the errors on a misuse, and `asd-offline train` on a data set of several types (`id_classifier`,
-`stgram_mfn` at a tiny size)."""
+the bundle's ids stay the machine's own, and the monitor streams such a bundle as offline; through the recipe
+(stages fitted on the own clips and applied to the others), the errors on a misuse, and `asd-offline train` on a
+data set of several types (`id_classifier`, `stgram_mfn` at a tiny size)."""
 
 from __future__ import annotations
 
