@@ -135,9 +135,10 @@ class Detector(Learned):
 
     def learns_other_types(self) -> bool:
         """True for a classifier of machine ids configured to learn the normal clips of other machine types too
-        (`across_types`): training then passes it those clips as extra classes, their ids `<type>/<id>`, as outliers
-        of its own ids. Its bundle still serves its own type's ids only."""
-        return False
+        (its `across_types` hyper-parameter, which such a detector takes): training then passes it those clips as
+        extra classes, their ids `<type>/<id>`, as outliers of its own ids. Its bundle still serves its own type's
+        ids only."""
+        return bool(self.get_params().get("across_types", False))
 
     def pretrain(self, clips: ClipsLike) -> "Detector":
         """Detectors with `pretrains`: learn from unlabeled clips (no ids, no labels) before `fit`; returns self."""

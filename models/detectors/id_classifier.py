@@ -112,9 +112,6 @@ class IdClassifier(SegmentDetector):
             if not isinstance(getattr(self, key), bool):
                 raise ValueError(f"{self.name}: {key} must be true or false, got {getattr(self, key)!r}")
 
-    def learns_other_types(self) -> bool:
-        return bool(self.across_types)
-
     # -- fit ---------------------------------------------------------------------------------------------------------
 
     def fit(self, clips: ClipsLike, ids: Sequence[str] | None = None) -> "IdClassifier":

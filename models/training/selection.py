@@ -108,18 +108,21 @@ def _log_uniform(rng: np.random.Generator, lo: float, hi: float) -> float:
     return float(np.exp(rng.uniform(np.log(lo), np.log(hi))))
 
 
+def _wins(high: np.ndarray, low: np.ndarray) -> np.ndarray:
+    """`[i, j]`: 1 when high[i] > low[j], 0.5 on a tie, else 0."""
+    diff = high[:, None] - low[None, :]
+    return (diff > 0) + 0.5 * (diff == 0)
+
+
 def _auc(normal: np.ndarray, faulted: np.ndarray) -> float:
     """P(faulted score > normal score), ties counted half."""
-    diff = faulted[:, None] - normal[None, :]
-    return float(np.mean((diff > 0) + 0.5 * (diff == 0)))
+    return float(np.mean(_wins(faulted, normal)))
 
 
 def gain_auc(recorded: np.ndarray, gained: np.ndarray) -> float:
     """P(gained[i] > recorded[j]) over the pairs i != j of the same clips (ties half): exactly 0.5 when the gain
     changes no score, whatever the scores."""
-    diff = gained[:, None] - recorded[None, :]
-    off = ~np.eye(len(recorded), dtype=bool)
-    return float(np.mean(((diff > 0) + 0.5 * (diff == 0))[off]))
+    return float(np.mean(_wins(gained, recorded)[~np.eye(len(recorded), dtype=bool)]))
 
 
 @dataclass

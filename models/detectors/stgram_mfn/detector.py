@@ -161,9 +161,6 @@ class StgramMfn(Detector):
                              int(self.stem), int(self.head), int(self.embedding), float(self.margin),
                              float(self.scale))
 
-    def learns_other_types(self) -> bool:
-        return bool(self.across_types)
-
     def fit(self, clips: ClipsLike, ids: Sequence[str] | None = None) -> "StgramMfn":
         checked = check_clips(clips, what=f"{self.name}.fit clips")
         clip_ids = check_ids(ids, len(checked), self)
