@@ -77,20 +77,25 @@ def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
             "timing": timing}
 
 
+def add_data_args(p: argparse.ArgumentParser) -> None:
+    """The options every synthetic side-by-side shares (eval_synth, synth_curve)."""
+    p.add_argument("--machines", default=ALL_MACHINES)
+    p.add_argument("--test-clips", type=int, default=40)
+    p.add_argument("--snr", type=float, default=0.0)
+    p.add_argument("--epochs", type=int, help="override every iterative model's epochs (default: its config)")
+    p.add_argument("--out", type=Path, default=None, help="results folder (default benchmarks/results)")
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--models", required=True,
                    help="comma-separated MODEL (its shipped config) or MODEL:ae_clean / MODEL:ddae / MODEL:none "
                         "(its cleaning autoencoder swapped or dropped)")
-    p.add_argument("--machines", default=ALL_MACHINES)
     p.add_argument("--ids", type=int, default=3)
     p.add_argument("--train-clips", type=int, default=30)
-    p.add_argument("--test-clips", type=int, default=40)
-    p.add_argument("--snr", type=float, default=0.0)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--epochs", type=int, help="override every iterative model's epochs (default: its config)")
+    add_data_args(p)
     p.add_argument("--name", help="result name (default eval_synth_<snr>dB)")
-    p.add_argument("--out", type=Path, default=None, help="results folder (default benchmarks/results)")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     with tempfile.TemporaryDirectory(prefix="eval_synth_") as tmp:

@@ -241,11 +241,16 @@ def check_vectors(X: torch.Tensor | np.ndarray, dim: int) -> torch.Tensor:
     return t
 
 
-def standardizer(X: torch.Tensor, chunk: int = 65536) -> tuple[torch.Tensor, torch.Tensor]:
+def standardizer(X: torch.Tensor, chunk: int = 65536, shrinkage: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-dimension mean and std of training vectors.
 
     Two passes over row chunks accumulated in float64: millions of float32 rows summed at once drift, and a float64
     copy of the whole matrix would double the peak memory of a fit.
+
+    `shrinkage` (>= 0) pulls each dimension's variance towards the mean variance over all dimensions with the weight
+    of that many extra vectors: `(n var_d + s mean(var)) / (n + s)`. From a handful of vectors the per-dimension
+    variances are mostly chance (two vectors that happen to agree on a dimension give it a tiny scale, and that
+    dimension then dominates every distance); with many vectors the pull fades. It suits dimensions in one unit (dB).
     """
     n = X.shape[0]
     total = torch.zeros(X.shape[1], dtype=torch.float64)
@@ -255,7 +260,10 @@ def standardizer(X: torch.Tensor, chunk: int = 65536) -> tuple[torch.Tensor, tor
     sq = torch.zeros_like(total)
     for part in X.split(chunk):
         sq += (part.double() - mean).square().sum(dim=0)
-    std = (sq / n).sqrt()
+    var = sq / n
+    if shrinkage > 0:
+        var = (n * var + shrinkage * var.mean()) / (n + shrinkage)
+    std = var.sqrt()
     scale = torch.where(std > _STD_FLOOR, std, torch.ones_like(std))
     return mean.float(), scale.float()
 

@@ -4,7 +4,10 @@ DCASE 2020 Task 2 report: a nearest-neighbour graph builds clusters that capture
 training data, and anomalies are scored by their distance from the cluster centroids).
 
 Fit, on the normal training vectors (one modulation spectrum per window):
-1. standardise each dimension (mean and std learned here: the bundle's normalisation);
+1. standardise each dimension (mean and std learned here: the bundle's normalisation); `scale_shrinkage` > 0 pulls
+   each dimension's variance towards the mean over dimensions with the weight of that many vectors (see
+   `standardizer`: with one vector per 10 s clip and a handful of clips, per-dimension variances are mostly
+   chance; 0, the study's, leaves them as measured);
 2. the k-nearest-neighbour graph of the standardised vectors (Euclidean, `n_neighbors`, symmetrised);
 3. agglomerative clustering on that graph into `n_clusters` clusters: only clusters joined by a graph edge may
    merge, and of those the pair whose merge least increases the within-cluster variance (Ward) merges first
@@ -82,10 +85,12 @@ class ModSpecGraph(Detector):
     default_feature = ModSpecConfig().to_dict()
     quick_params = {"n_neighbors": 5, "n_clusters": 8}
 
-    def __init__(self, n_neighbors: int = 10, n_clusters: int = 16, rule: str = "centroid") -> None:
+    def __init__(self, n_neighbors: int = 10, n_clusters: int = 16, rule: str = "centroid",
+                 scale_shrinkage: float = 0.0) -> None:
         self.n_neighbors = n_neighbors
         self.n_clusters = n_clusters
         self.rule = rule
+        self.scale_shrinkage = scale_shrinkage
 
     def _check_params(self) -> None:
         for name in ("n_neighbors", "n_clusters"):
@@ -94,6 +99,9 @@ class ModSpecGraph(Detector):
                 raise ValueError(f"{self.name}: {name} must be a positive integer, got {value!r}")
         if self.rule not in RULES:
             raise ValueError(f"{self.name}: rule must be one of {RULES}, got {self.rule!r}")
+        shrink = self.scale_shrinkage
+        if isinstance(shrink, bool) or not isinstance(shrink, (int, float)) or not shrink >= 0:
+            raise ValueError(f"{self.name}: scale_shrinkage must be a number >= 0, got {shrink!r}")
 
     @property
     def _ref_key(self) -> str:
@@ -104,7 +112,7 @@ class ModSpecGraph(Detector):
     def fit(self, clips: ClipsLike, ids: Sequence[str] | None = None) -> "ModSpecGraph":
         self._check_params()
         X = torch.cat(check_clips(clips, what=f"{self.name}.fit clips"))
-        mean, scale = standardizer(X)
+        mean, scale = standardizer(X, shrinkage=float(self.scale_shrinkage))
         Z = (X.double() - mean.double()) / scale.double()
         self.mean_, self.scale_ = mean, scale
         if self.rule == "knn":

@@ -310,6 +310,20 @@ def test_standardizer_matches_numpy_and_keeps_constant_dims_finite() -> None:
     np.testing.assert_allclose(scale.numpy(), expected, rtol=1e-5)
 
 
+def test_standardizer_shrinkage_pulls_variances_towards_their_mean_by_a_pseudo_count() -> None:
+    rng = np.random.default_rng(4)
+    X = rng.normal(0.0, [0.1, 1.0, 3.0], size=(2, 3))
+    var = X.var(axis=0)
+    for s in (1.0, 4.0):
+        _, scale = standardizer(torch.from_numpy(X), shrinkage=s)
+        np.testing.assert_allclose(scale.double().numpy() ** 2, (2 * var + s * var.mean()) / (2 + s), rtol=1e-5)
+    _, raw = standardizer(torch.from_numpy(X))
+    _, pulled = standardizer(torch.from_numpy(X), shrinkage=4.0)
+    assert np.ptp(pulled.numpy()) < np.ptp(raw.numpy())  # two vectors' chance agreement no longer decides
+    many = torch.from_numpy(rng.normal(0.0, [0.1, 1.0, 3.0], size=(20000, 3)))
+    torch.testing.assert_close(standardizer(many, shrinkage=4.0)[1], standardizer(many)[1], rtol=0.05, atol=0)
+
+
 def test_validation_split_holds_out_whole_clips() -> None:
     lengths = [5, 3, 4, 6, 2, 7, 5, 3, 4, 1]
     train, val = split_by_clip(lengths, 0.2, torch.Generator().manual_seed(0))

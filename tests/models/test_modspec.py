@@ -16,6 +16,7 @@ from sklearn.cluster import AgglomerativeClustering
 from sklearn.neighbors import kneighbors_graph
 
 import models.detectors.modspec_graph as graph_module
+from models.detectors.base import standardizer
 from models.detectors.modspec_graph import ModSpecGraph
 from models.features import feature_from_dict
 from models.features.modspec import ModSpecConfig
@@ -237,6 +238,20 @@ def test_blocks_and_small_training_sets(monkeypatch: pytest.MonkeyPatch) -> None
         assert np.isfinite(knn.score([torch.from_numpy(test)])).all()
 
 
+def test_scale_shrinkage_standardises_with_the_shrunk_scale() -> None:
+    train, test = _train(10, n=3), _train(11, n=20)
+    det = ModSpecGraph(rule="knn", n_neighbors=2, scale_shrinkage=2.0).fit([torch.from_numpy(train)])
+    mean, scale = standardizer(torch.from_numpy(train), shrinkage=2.0)
+    torch.testing.assert_close(det.scale_, scale)
+    z_train = (train - mean.numpy()) / scale.numpy()
+    z_test = (test - mean.numpy()) / scale.numpy()
+    d = np.sqrt(((z_test[:, None, :] - z_train[None]) ** 2).sum(axis=-1))
+    expected = np.sort(d, axis=1)[:, :2].mean(axis=1)
+    np.testing.assert_allclose(det.score_vectors(torch.from_numpy(test)).numpy(), expected, rtol=1e-5)
+    plain = ModSpecGraph(rule="knn", n_neighbors=2).fit([torch.from_numpy(train)])
+    assert not torch.allclose(plain.scale_, det.scale_)
+
+
 def test_the_graph_is_symmetric_and_excludes_self() -> None:
     z = torch.from_numpy(_train(7, n=40)).double()
     g = graph_module.knn_graph(z, 3)
@@ -247,7 +262,8 @@ def test_the_graph_is_symmetric_and_excludes_self() -> None:
 @pytest.mark.parametrize(
     "params,match",
     [({"rule": "median"}, "rule must be one of"), ({"n_neighbors": 0}, "n_neighbors must be a positive integer"),
-     ({"n_clusters": True}, "n_clusters must be a positive integer"), ({"n_clusters": 2.5}, "n_clusters")],
+     ({"n_clusters": True}, "n_clusters must be a positive integer"), ({"n_clusters": 2.5}, "n_clusters"),
+     ({"scale_shrinkage": -1.0}, "scale_shrinkage must be a number >= 0"), ({"scale_shrinkage": "4"}, "shrinkage")],
 )
 def test_bad_hyper_parameters_are_refused(params: dict, match: str) -> None:
     with pytest.raises(ValueError, match=match):

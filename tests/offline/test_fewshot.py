@@ -266,3 +266,20 @@ def test_pretraining_benchmark_keeps_the_protocol_and_pairs_with_a_fewshot_run(r
     assert {label, "iforest-noae"} <= set(merged["levels"]["half"]["summary"])
     with pytest.raises(SystemExit, match="not a detector that pre-trains"):
         bench_pretrain.main(["--models", "embed_knn", "--synth", "0", "--name", "x", *common])
+
+
+def test_synthetic_learning_curve_runs_every_count_and_seed_and_averages_them(tmp_path: Path) -> None:
+    """benchmarks/synth_curve: the development set apart from the real benchmark, through the user's commands."""
+    from benchmarks import synth_curve
+
+    out = tmp_path / "results"
+    assert synth_curve.main(["--models", "modspec_graph,modspec_graph:scale_shrinkage=2", "--machines", "fan",
+                             "--train-clips", "2,3", "--seeds", "1,2", "--test-clips", "6", "--name", "c",
+                             "--out", str(out)]) == 0
+    doc = json.loads((out / "c.json").read_text())
+    assert [(r["seed"], r["train_clips"]) for r in doc["runs"]] == [(1, 2), (1, 3), (2, 2), (2, 3)]
+    entry = doc["summary"]["modspec_graph+scale_shrinkage-2"]
+    aucs = [r["results"]["modspec_graph+scale_shrinkage-2"]["mean"]["auc"] for r in doc["runs"]]
+    assert entry["auc"] == pytest.approx(np.mean(aucs))
+    assert entry["train_clips"]["3"]["auc"] == pytest.approx(np.mean(aucs[1::2]))
+    assert {"chance", "rms_level"} <= set(doc["summary"]) and doc["data"]["ids"] == 1
