@@ -283,3 +283,25 @@ def test_synthetic_learning_curve_runs_every_count_and_seed_and_averages_them(tm
     assert entry["auc"] == pytest.approx(np.mean(aucs))
     assert entry["train_clips"]["3"]["auc"] == pytest.approx(np.mean(aucs[1::2]))
     assert {"chance", "rms_level"} <= set(doc["summary"]) and doc["data"]["ids"] == 1
+
+
+def test_calibration_benchmark_counts_false_alarms_on_unseen_normals_against_the_bundles_statement(
+        real: Path, tmp_path: Path) -> None:
+    """benchmarks/bench_calibration: each unit's bundle (threshold cross-fitted as `asd-offline train` sets it) is
+    checked on the unit's test normals; the pooled rate is the records' exceedances over their normals."""
+    from benchmarks import bench_calibration
+
+    out = tmp_path / "results"
+    assert bench_calibration.main(["--models", "iforest", "--real-dir", str(real), "--splits", "2", "--levels",
+                                   "4", "--name", "cal", "--out-dir", str(out)]) == 0
+    doc = json.loads((out / "cal.json").read_text())
+    level = doc["models"]["iforest"]["levels"]["4"]
+    records, summary = level["records"], level["summary"]
+    assert len(records) == 2 * len(doc["units"])
+    assert all(r["stated"]["scores"] == "cross-fitted" and r["stated"]["n_scores"] in (2, 4) for r in records)
+    assert all(r["test_normals"] == len(bench_calibration.fewshot.split(u, k, s)[1])
+               for s in range(2) for k, (u, r) in enumerate(zip(bench_calibration.fewshot.find_units(real),
+                                                                 records[s * len(doc["units"]):])))
+    pooled = sum(r["false_alarms"] for r in records) / sum(r["test_normals"] for r in records)
+    assert summary["realised_rate_pooled"] == pytest.approx(pooled)
+    assert set(summary["units"]) == set(doc["units"])
