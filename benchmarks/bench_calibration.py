@@ -36,13 +36,12 @@ from benchmarks.common import model_config, write_result
 log = logging.getLogger("bench_calibration")
 
 
-def measure(entry: str, units: Sequence[fewshot.Unit], seed: int, level: str, audio: fewshot.Audio,
+def measure(config: dict[str, Any], units: Sequence[fewshot.Unit], seed: int, level: str, audio: fewshot.Audio,
             work: Path) -> list[dict[str, Any]]:
     """One record per unit: the threshold, the bundle's statement about it and the realised rate on test normals."""
     from models.bundle import load_bundle
     from models.training.recipe import train_bundle
 
-    _, config = model_config(entry)
     config = {**config, "seed": seed}
     records = []
     for k, unit in enumerate(units):
@@ -72,8 +71,8 @@ def summarise(records: list[dict[str, Any]], units: Sequence[fewshot.Unit]) -> d
     quantiles = {r["stated"]["quantile"] for r in records if r["stated"]["quantile"] is not None}
     per_unit = {u.name: float(np.mean([rate for rate, r in zip(realised, records) if r["unit"] == u.name]))
                 for u in units}
-    types = sorted({u.machine for u in units})
-    per_type = {t: float(np.mean([v for u, v in zip(units, per_unit.values()) if u.machine == t])) for t in types}
+    per_type = {t: float(np.mean([per_unit[u.name] for u in units if u.machine == t]))
+                for t in sorted({u.machine for u in units})}
     return {
         "nominal_rate": None if len(quantiles) != 1 else 1.0 - quantiles.pop(),
         "stated_rate": float(np.mean(stated)) if stated else None,
@@ -115,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
             records = []
             for seed in range(args.splits):
                 with tempfile.TemporaryDirectory(prefix="bench_calibration_") as tmp:
-                    records += measure(entry, units, seed, level, audio, Path(tmp))
+                    records += measure(config, units, seed, level, audio, Path(tmp))
             per_level[level] = {"summary": summarise(records, units), "records": records}
             s = per_level[level]["summary"]
             log.info("%s %s: nominal %s, stated %s, realised %.3f (types %.3f), above the stated interval %s", label,

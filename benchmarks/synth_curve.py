@@ -25,6 +25,8 @@ import numpy as np
 from benchmarks.common import write_result
 from benchmarks.eval_synth import add_data_args, run
 
+log = logging.getLogger("synth_curve")
+
 
 def _ints(text: str) -> list[int]:
     return [int(v) for v in text.split(",") if v.strip()]
@@ -55,16 +57,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--name", default="synth_curve")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
+    log.setLevel(logging.INFO)
     runs = []
     for seed in args.seeds:
         for count in args.train_clips:
-            one = argparse.Namespace(models=args.models, machines=args.machines, ids=args.ids, train_clips=count,
-                                     test_clips=args.test_clips, snr=args.snr, seed=seed, epochs=args.epochs)
+            one = argparse.Namespace(**{**vars(args), "train_clips": count, "seed": seed})  # eval_synth's run
             with tempfile.TemporaryDirectory(prefix="synth_curve_") as tmp:
                 result = run(one, Path(tmp))
             runs.append({"seed": seed, "train_clips": count, "results": result["results"],
                          "timing": result["timing"]})
-            logging.getLogger(__name__).warning("seed %d, %d clips done", seed, count)
+            log.info("seed %d, %d clips done", seed, count)
     summary = summarize(runs)
     doc = {"data": {"machines": args.machines.split(","), "ids": args.ids, "train_clips": args.train_clips,
                     "seeds": args.seeds, "test_clips": args.test_clips, "snr_db": args.snr, "clip_seconds": 10},
