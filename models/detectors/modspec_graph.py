@@ -31,6 +31,7 @@ device; every vector is scored on its own, so a window's score is the same howev
 
 from __future__ import annotations
 
+import logging
 import warnings
 from typing import Any, Sequence
 
@@ -39,6 +40,8 @@ import torch
 
 from models.detectors.base import ClipsLike, Detector, check_clips, check_state, check_vectors, register, standardizer
 from models.features.modspec import ModSpecConfig
+
+log = logging.getLogger(__name__)
 
 RULES = ("centroid", "knn")
 _BLOCK_ENTRIES = 1 << 22  # distance-matrix entries per block: 32 MiB of float64
@@ -113,6 +116,7 @@ class ModSpecGraph(Detector):
         self._check_params()
         X = torch.cat(check_clips(clips, what=f"{self.name}.fit clips"))
         mean, scale = standardizer(X, shrinkage=float(self.scale_shrinkage))
+        self._warn_if_scales_cannot_be_measured(X.shape[0])
         Z = (X.double() - mean.double()) / scale.double()
         self.mean_, self.scale_ = mean, scale
         if self.rule == "knn":
@@ -125,6 +129,19 @@ class ModSpecGraph(Detector):
         self.centroids_ = (sums / torch.from_numpy(sizes).double()[:, None]).float()
         self.cluster_sizes_ = [int(s) for s in sizes]
         return self
+
+    def _warn_if_scales_cannot_be_measured(self, n: int) -> None:
+        """One or two training vectors (10 s clips) do not measure a spread per dimension; the fit goes on, since
+        `asd-offline train` with 2 clips fits such copies to cross-fit the threshold, but says what it means."""
+        if n == 1:
+            log.warning("%s fitted on 1 vector: no spread to standardise by, so its distances stay in the "
+                        "feature's units; as a cross-fitting copy of a 2-clip training, its scores set a threshold "
+                        "for a model that standardises (record 4 or more normal clips to trust it)", self.name)
+        elif n == 2 and not self.scale_shrinkage:
+            log.warning("%s fitted on 2 vectors with scale_shrinkage 0: each dimension's scale is half their "
+                        "difference, so the two lie 2 sqrt(d) apart in d dimensions whatever they hold, and new "
+                        "normal windows score far from both; set scale_shrinkage (1 in "
+                        "configs/variants/modspec_graph_level_2clips.yaml) or record 4 or more clips", self.name)
 
     def _cluster(self, Z: torch.Tensor) -> np.ndarray:
         """Cluster label per row: Ward clustering on the kNN graph; with as many clusters as rows, each row is its

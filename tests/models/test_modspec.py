@@ -5,6 +5,7 @@ Ward clustering, numpy distances)."""
 from __future__ import annotations
 
 import math
+import re
 import warnings
 
 import librosa
@@ -250,6 +251,20 @@ def test_scale_shrinkage_standardises_with_the_shrunk_scale() -> None:
     np.testing.assert_allclose(det.score_vectors(torch.from_numpy(test)).numpy(), expected, rtol=1e-5)
     plain = ModSpecGraph(rule="knn", n_neighbors=2).fit([torch.from_numpy(train)])
     assert not torch.allclose(plain.scale_, det.scale_)
+
+
+@pytest.mark.parametrize(("n", "shrinkage", "says"), [
+    (1, 0.0, "no spread to standardise by"), (1, 1.0, "no spread to standardise by"),
+    (2, 0.0, "2 sqrt\\(d\\) apart"), (2, 1.0, None), (3, 0.0, None)])
+def test_fits_whose_scales_cannot_be_measured_say_so(caplog, n: int, shrinkage: float, says: str | None) -> None:
+    train = torch.from_numpy(_train(12, n=n))
+    with caplog.at_level("WARNING", logger=graph_module.__name__):
+        det = ModSpecGraph(scale_shrinkage=shrinkage).fit([train])
+    text = " ".join(r.getMessage() for r in caplog.records)
+    assert (re.search(says, text) is not None) if says else not text
+    if n == 2 and not shrinkage:  # what the warning says: standardised, the two are 2 sqrt(d) apart
+        z = (train - det.mean_) / det.scale_
+        assert float((z[0] - z[1]).norm()) == pytest.approx(2 * math.sqrt(train.shape[1]), rel=1e-5)
 
 
 def test_the_graph_is_symmetric_and_excludes_self() -> None:
