@@ -21,6 +21,8 @@ import logging
 from pathlib import Path
 from typing import Any
 
+from offline.train import CONFIGS
+
 log = logging.getLogger(__name__)
 
 
@@ -33,9 +35,9 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--candidates", metavar="A,B",
                         help="comma-separated configs or detectors to choose from, or 'all' (every one-pass "
                              "detector); default: the gain-independent ones")
-    parser.add_argument("--configs", type=Path, default=Path("configs"), metavar="DIR",
-                        help="folder of <detector>.yaml configs (default ./configs; a detector without one uses its "
-                             "defaults)")
+    parser.add_argument("--configs", type=Path, default=CONFIGS, metavar="DIR",
+                        help="folder of <detector>.yaml configs (default: the repository's configs/; a detector "
+                             "without one uses its defaults)")
     parser.add_argument("--out", type=Path, metavar="BUNDLE_DIR",
                         help="train the chosen detector on all the clips and write its bundle here")
     parser.add_argument("--report", type=Path, metavar="JSON", help="write every candidate's pseudo-AUC here")

@@ -6,6 +6,10 @@ With `--holdout 0` the training clips' own scores are used, which gives an optim
 machine id with enough held-out clips also gets its own threshold (`per_id_thresholds`), used when a source or file
 says its id.
 
+Without `--model` the model is the config's `model`; without `--model` and `--config`, audio is trained with the
+few-normals default (`DEFAULT_CONFIG`, or `FEW_CLIPS_CONFIG` with fewer than `SHRUNK_BELOW` training clips), and the
+bundle's `training.default` records the choice.
+
 `--data` may also be an `.npz` (array `X` [n_files, dim], optional `names`, `ids`) or `.csv` of pre-computed
 per-file vectors: every row is one normal training item, the feature kind is `vectors` with the data's `dim`, and
 `--machine` is optional (default `vectors`).
@@ -47,12 +51,20 @@ from typing import Any, Sequence
 log = logging.getLogger(__name__)
 
 VECTOR_SUFFIXES = (".npz", ".csv")
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"  # the repository's configs (a checkout or editable install)
+# Without --model and --config, audio is trained with the few-normals default (README, "Few normals: what to use"),
+# which `benchmarks/fewshot_default.py`'s rule chose on real clips: the level-normalised modulation-spectrum graph,
+# with shrunk scales when it has fewer than SHRUNK_BELOW training clips (measured at 2 clips and at 4).
+DEFAULT_CONFIG, FEW_CLIPS_CONFIG, SHRUNK_BELOW = "modspec_graph_level", "modspec_graph_level_2clips", 4
 
 
 def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", required=True, type=Path, metavar="ROOT_OR_MANIFEST",
                         help="dataset root (DCASE 2020 or MIMII layout), manifest CSV, or .npz/.csv of vectors")
-    parser.add_argument("--model", required=True, metavar="NAME", help="registered detector (see `asd-offline models`)")
+    parser.add_argument("--model", metavar="NAME",
+                        help="registered detector (see `asd-offline models`); default: the --config's `model`, and "
+                             f"without --config the few-normals default ({DEFAULT_CONFIG}, {FEW_CLIPS_CONFIG} "
+                             f"with fewer than {SHRUNK_BELOW} clips; configs/variants/)")
     parser.add_argument("--machine", metavar="TYPE", help="machine type to train on, e.g. fan (optional for vectors)")
     parser.add_argument("--config", type=Path, metavar="YAML", help="feature + model hyper-parameters (configs/*.yaml)")
     parser.add_argument("--out", required=True, type=Path, metavar="BUNDLE_DIR", help="bundle directory to write")
@@ -139,32 +151,42 @@ def run(args: argparse.Namespace) -> int:
         distributed.init_from_env(select_device(args.device or "auto"))
         if not distributed.is_main():
             logging.getLogger().setLevel(logging.WARNING)  # one process reports
-    config = apply_flags(load_config(args.config), args)
+    default = args.model is None and args.config is None
+    config = apply_flags(load_config(default_config(DEFAULT_CONFIG) if default else args.config), args)
+    model = args.model or config.get("model")
+    if model is None:
+        raise ValueError(f"{args.config} names no `model`: give --model")
     progress = False if args.no_progress else None
     from models.detectors import get_detector
 
-    if get_detector(args.model).bundle_kind != "detector":
-        return train_noise(args, config, progress)
+    if get_detector(model).bundle_kind != "detector":
+        return train_noise(args, model, config, progress)
     if args.noise is not None:
         raise ValueError("--noise is for the noise models (lstm_classifier, lstm_denoiser)")
-    if args.unlabeled and not get_detector(args.model).pretrains:
+    if args.unlabeled and not get_detector(model).pretrains:
         raise ValueError(f"--unlabeled is for the models that pre-train on unlabeled audio (e.g. ssl_knn), not "
-                         f"{args.model}")
+                         f"{model}")
     if is_vector_file(args.data):
-        out = train_vectors(args.data, args.model, args.machine or "vectors", args.out, config, ids=args.ids,
+        if default:
+            raise ValueError("--model is required for pre-computed vectors (the default is for audio)")
+        out = train_vectors(args.data, model, args.machine or "vectors", args.out, config, ids=args.ids,
                             device=args.device, progress=progress, epochs=args.epochs)
     else:
-        from models.training.recipe import build_spec, train_bundle
+        from models.training.recipe import build_spec, select_training_clips, train_bundle
         from offline.datasets.index import load_clips
 
         if not args.machine:
             raise ValueError("--machine is required for audio data (e.g. --machine fan)")
-        across = build_spec(args.model, config).detector.learns_other_types()
+        across = build_spec(model, config).detector.learns_other_types()
         clips = load_clips(args.data, machine=None if across else args.machine, lenient=False)
-        out = train_bundle(clips, args.model, args.machine, args.out, config, ids=args.ids,
+        summary = None
+        if default:
+            config, summary = few_normals_default(len(select_training_clips(clips, args.machine, args.ids)), args)
+        out = train_bundle(clips, model, args.machine, args.out, config, ids=args.ids,
                            data_source=str(args.data), device=args.device, progress=progress, epochs=args.epochs,
-                           unlabeled=unlabeled_clips(args) if get_detector(args.model).pretrains else (),
-                           other_types=[c for c in clips if c.machine != args.machine] if across else ())
+                           unlabeled=unlabeled_clips(args) if get_detector(model).pretrains else (),
+                           other_types=[c for c in clips if c.machine != args.machine] if across else (),
+                           extra_summary=summary)
     main_process = distributed.is_main()
     distributed.finish()  # after process 0 has written the bundle
     if not main_process:  # process 0 reports
@@ -179,7 +201,27 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def train_noise(args: argparse.Namespace, config: dict[str, Any], progress: bool | None) -> int:
+def default_config(name: str) -> Path:
+    """The path of a config the default uses; a clear error where the repository's configs are not at hand."""
+    path = find_config(name, CONFIGS)
+    if path is None:
+        raise FileNotFoundError(f"the default training config {name}.yaml is not in {CONFIGS} (an install without "
+                                "the repository's configs/): give --model and --config")
+    return path
+
+
+def few_normals_default(n_clips: int, args: argparse.Namespace) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The default's config for `n_clips` training clips, and what the bundle's training summary records of the
+    choice."""
+    name = FEW_CLIPS_CONFIG if n_clips < SHRUNK_BELOW else DEFAULT_CONFIG
+    path = default_config(name)
+    log.info("no --model or --config: the few-normals default for %d training clips, %s (%s)", n_clips, name, path)
+    return apply_flags(load_config(path), args), {"default": {
+        "config": name, "training_clips": n_clips,
+        "rule": f"{FEW_CLIPS_CONFIG} below {SHRUNK_BELOW} training clips, else {DEFAULT_CONFIG}"}}
+
+
+def train_noise(args: argparse.Namespace, model: str, config: dict[str, Any], progress: bool | None) -> int:
     """A noise model from paired audio: a seed-layout pairs folder, or the normal training clips of --machine in a
     dataset mixed with --noise (or the synthetic factory background) at the config's `pairs.snrs`."""
     from models.bundle import load_bundle
@@ -191,7 +233,7 @@ def train_noise(args: argparse.Namespace, config: dict[str, Any], progress: bool
         raise ValueError("noise models train in one process (--nproc 1)")
     settings = pair_settings(config)
     detector_config = {k: v for k, v in config.items() if k != "pairs"}
-    sample_rate = build_spec(args.model, detector_config).feature.sample_rate
+    sample_rate = build_spec(model, detector_config).feature.sample_rate
     noise = args.noise or (Path(settings["noise"]) if settings["noise"] else None)
     if is_pair_folder(args.data):
         if noise is not None:
@@ -211,7 +253,7 @@ def train_noise(args: argparse.Namespace, config: dict[str, Any], progress: bool
                                int(config.get("seed", 0)))
         source = {"pairs": "mixed", "noise": str(noise) if noise else "synthetic factory background",
                   "snrs": settings["snrs"], "val_fraction": settings["val_fraction"]}
-    out = train_noise_bundle(args.model, train, val, args.out, detector_config, machine=args.machine or "any",
+    out = train_noise_bundle(model, train, val, args.out, detector_config, machine=args.machine or "any",
                              data_source=str(args.data), device=args.device, progress=progress, epochs=args.epochs,
                              extra_summary=source)
     bundle = load_bundle(out, device="cpu")

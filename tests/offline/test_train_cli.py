@@ -113,6 +113,50 @@ def test_few_clips_get_a_cross_fitted_threshold(dataset: Path, tmp_path: Path, c
     assert "cross-fitted scores" in caplog.text
 
 
+@pytest.mark.parametrize(("ids", "config", "shrinkage"), [
+    (["--id", "id_00", "--id", "id_02"], "modspec_graph_level", 0.0),  # 16 clips
+    (["--id", "id_02"], "modspec_graph_level", 0.0),  # 8
+])
+def test_without_model_or_config_audio_gets_the_few_normals_default(dataset: Path, tmp_path: Path, ids: list,
+                                                                    config: str, shrinkage: float) -> None:
+    out = tmp_path / "b"
+    assert main(["train", "--data", str(dataset), "--machine", "fan", *ids, "--out", str(out), *FAST]) == 0
+    b = load_bundle(out, device="cpu")
+    expected = yaml.safe_load((REPO / "configs" / "variants" / f"{config}.yaml").read_text())
+    assert b.name == expected["model"] == "modspec_graph"
+    assert b.feature.level_norm is True and b.meta["model"]["params"]["scale_shrinkage"] == shrinkage
+    default = b.meta["training"]["default"]
+    assert default["config"] == config and default["training_clips"] == b.meta["training"]["n_clips"]
+
+
+def test_the_default_shrinks_scales_below_four_clips(tmp_path: Path) -> None:
+    data = write_dcase(tmp_path / "d", ids=("id_00",), n_train=3, n_test=1)
+    out = tmp_path / "b"
+    assert main(["train", "--data", str(data), "--machine", "fan", "--out", str(out), *FAST]) == 0
+    b = load_bundle(out, device="cpu")
+    assert b.meta["training"]["default"] == {
+        "config": "modspec_graph_level_2clips", "training_clips": 3,
+        "rule": "modspec_graph_level_2clips below 4 training clips, else modspec_graph_level"}
+    assert b.meta["model"]["params"]["scale_shrinkage"] == 1.0 and b.feature.level_norm is True
+
+
+def test_a_config_names_the_model_and_vectors_need_one(dataset: Path, tmp_path: Path,
+                                                       capsys: pytest.CaptureFixture) -> None:
+    out = tmp_path / "b"
+    assert main(["train", "--data", str(dataset), "--machine", "fan", "--config",
+                 str(REPO / "configs" / "ocsvm.yaml"), "--out", str(out), *FAST]) == 0
+    b = load_bundle(out, device="cpu")
+    assert b.name == "ocsvm" and "default" not in b.meta["training"]
+    nameless = tmp_path / "nameless.yaml"
+    nameless.write_text(yaml.safe_dump({"seed": 1}))
+    assert main(["train", "--data", str(dataset), "--machine", "fan", "--config", str(nameless),
+                 "--out", str(tmp_path / "c"), *FAST]) == 2
+    assert "names no `model`: give --model" in capsys.readouterr().err
+    vectors = _vectors_npz(tmp_path / "v.npz")
+    assert main(["train", "--data", str(vectors), "--out", str(tmp_path / "v"), *FAST]) == 2
+    assert "--model is required for pre-computed vectors" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize(
     ("extra", "message"),
     [
