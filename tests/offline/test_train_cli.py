@@ -16,6 +16,7 @@ from models.bundle import load_bundle
 from models.detectors import REGISTRY, registered
 from models.features import feature_from_dict
 from offline.cli import main
+from offline.train import DEFAULT_CONFIG, FEW_CLIPS_CONFIG, SHRUNK_BELOW
 from offline.datasets.records import Clip
 from models.training.recipe import train_bundle
 
@@ -129,15 +130,19 @@ def test_without_model_or_config_audio_gets_the_few_normals_default(dataset: Pat
     assert default["config"] == config and default["training_clips"] == b.meta["training"]["n_clips"]
 
 
-def test_the_default_shrinks_scales_below_four_clips(tmp_path: Path) -> None:
-    data = write_dcase(tmp_path / "d", ids=("id_00",), n_train=3, n_test=1)
+@pytest.mark.parametrize(("n_train", "config", "shrinkage"), [
+    (SHRUNK_BELOW - 1, FEW_CLIPS_CONFIG, 1.0), (SHRUNK_BELOW, DEFAULT_CONFIG, 0.0)])
+def test_the_default_shrinks_scales_below_its_clip_count(tmp_path: Path, n_train: int, config: str,
+                                                        shrinkage: float) -> None:
+    data = write_dcase(tmp_path / "d", ids=("id_00",), n_train=n_train, n_test=1)
     out = tmp_path / "b"
     assert main(["train", "--data", str(data), "--machine", "fan", "--out", str(out), *FAST]) == 0
     b = load_bundle(out, device="cpu")
     assert b.meta["training"]["default"] == {
-        "config": "modspec_graph_level_2clips", "training_clips": 3,
-        "rule": "modspec_graph_level_2clips below 4 training clips, else modspec_graph_level"}
-    assert b.meta["model"]["params"]["scale_shrinkage"] == 1.0 and b.feature.level_norm is True
+        "config": config, "training_clips": n_train,
+        "rule": f"{FEW_CLIPS_CONFIG} below {SHRUNK_BELOW} training clips, else {DEFAULT_CONFIG}"}
+    assert b.meta["model"]["params"]["scale_shrinkage"] == shrinkage and b.feature.level_norm is True
+    assert FEW_CLIPS_CONFIG == "modspec_graph_level_2clips" and SHRUNK_BELOW == 3  # what the README states
 
 
 def test_a_config_names_the_model_and_vectors_need_one(dataset: Path, tmp_path: Path,
