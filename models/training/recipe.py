@@ -384,9 +384,13 @@ def train_bundle(
         summary["other_types"] = {"clips": len(other_clips), "types": sorted({c.machine for c in other_clips}),
                                   "classes": len(set(others.ids))}
     if spec.detector.pretrains:
+        t_pre = time.perf_counter()
         spec.detector = _pretrained_copy(spec, fit_feats, unlabeled, pretrained, dev, show)
         summary["pretraining"] = {"clips": int(getattr(spec.detector, "pretrain_clips_", 0)),
                                   "unlabeled_clips": len(unlabeled), "from": "given" if pretrained else "here"}
+        if pretrained is None:  # how long it took (a given representation was timed where it was pre-trained)
+            summary["pretraining"].update(seconds=round(time.perf_counter() - t_pre, 3),
+                                          epochs_run=len(getattr(spec.detector, "history_", None) or []))
     oof = None
     if cross:
         def rebuild() -> ModelSpec:
