@@ -21,6 +21,8 @@ Protocol (speed and memory, not accuracy; fixed before its first GPU result):
   are timed, each one batched call that scores every stream's window. Recorded: seconds per hop (mean and max)
   and whether it keeps up with real time (mean below the hop). Larger counts are skipped once one misses real time.
   Denoisers have no scores: training only.
+- The JSON is rewritten after every model, so a run cut short by the device's time limit keeps what it measured;
+  a model that fails is recorded under `failed` (its error) and the run goes on to the next one, then exits non-zero.
 
 On the lent GPU machine (no internet; soundfile and librosa are not in its image), from the repository root:
   here, once: python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp
@@ -184,23 +186,35 @@ def main(argv: list[str] | None = None) -> None:
     if unknown:
         raise SystemExit(f"not measured by this benchmark: {unknown}; choose from {DETECTORS + NOISE_MODELS}")
     streams = [int(s) for s in args.streams.split(",")]
+    device = torch.cuda.get_device_name(0) if args.device.startswith("cuda") else "cpu"
+    name = args.name or "gpu_" + "".join(c if c.isalnum() else "_" for c in device.lower())
     results: dict[str, Any] = {}
+    failed: dict[str, str] = {}
     t_all = time.perf_counter()
+
+    def write() -> Path:  # after every model: a run cut short by the device's time limit keeps what it measured
+        return write_result(name, {
+            "protocol": __doc__, "device": device, "epochs": args.epochs, "clips_per_id": args.clips,
+            "tiny": args.tiny, "models": results, "failed": failed,
+            "total_seconds": round(time.perf_counter() - t_all, 1)}, args.out_dir)
+
     with tempfile.TemporaryDirectory(prefix="bench_gpu_") as tmp:
         work = Path(tmp)
         data, pairs = _synth(work, args.clips)
         for model in models:
             log.info("%s: training %d epochs on %s", model, args.epochs, args.device)
-            bundle, figures = train(model, pairs if model in NOISE_MODELS else data, work, args.device, args.epochs,
-                                    args.tiny)
-            figures["scoring"] = score_streams(bundle, args.device, streams, args.ticks)
-            results[model] = figures
-    device = torch.cuda.get_device_name(0) if args.device.startswith("cuda") else "cpu"
-    name = args.name or "gpu_" + "".join(c if c.isalnum() else "_" for c in device.lower())
-    path = write_result(name, {
-        "protocol": __doc__, "device": device, "epochs": args.epochs, "clips_per_id": args.clips, "tiny": args.tiny,
-        "models": results, "total_seconds": round(time.perf_counter() - t_all, 1)}, args.out_dir)
+            try:
+                bundle, figures = train(model, pairs if model in NOISE_MODELS else data, work, args.device,
+                                        args.epochs, args.tiny)
+                figures["scoring"] = score_streams(bundle, args.device, streams, args.ticks)
+                results[model] = figures
+            except Exception as exc:  # one model's failure must not cost the others their (scarce) device time
+                log.exception("%s failed", model)
+                failed[model] = f"{type(exc).__name__}: {exc}"
+            path = write()
     log.info("wrote %s", path)
+    if failed:
+        raise SystemExit(f"failed: {sorted(failed)} (the others are in {path})")
 
 
 if __name__ == "__main__":

@@ -30,6 +30,24 @@ def test_tiny_run_on_the_cpu_measures_training_and_batched_scoring(tmp_path: Pat
         assert [r["streams"] for r in rows] == [1, 3], name
         assert all(0 < r["seconds_per_hop_mean"] <= r["seconds_per_hop_max"] for r in rows), name
     assert models["lstm_denoiser"]["scoring"] == []  # a denoiser has no scores
+    assert doc["failed"] == {}
+
+
+def test_a_failing_model_is_recorded_and_the_others_still_measured(tmp_path: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    real = bench_gpu.train
+
+    def train(model: str, *args, **kwargs):
+        if model == "lstm_classifier":
+            raise RuntimeError("out of memory")
+        return real(model, *args, **kwargs)
+
+    monkeypatch.setattr(bench_gpu, "train", train)
+    with pytest.raises(SystemExit, match=r"failed: \['lstm_classifier'\]"):
+        bench_gpu.main(["--device", "cpu", "--tiny", "--clips", "2", "--epochs", "1", "--models",
+                        "lstm_classifier,lstm_denoiser", "--name", "gpu_test", "--out-dir", str(tmp_path)])
+    doc = json.loads((tmp_path / "gpu_test.json").read_text())
+    assert doc["failed"] == {"lstm_classifier": "RuntimeError: out of memory"} and list(doc["models"]) == ["lstm_denoiser"]
 
 
 def test_refuses_what_it_cannot_measure(tmp_path: Path) -> None:
