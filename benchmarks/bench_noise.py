@@ -1,5 +1,5 @@
 """The noise models measured: accuracy / MSE on synthetic validation pairs, cost per second of audio, and whether
-denoising before the DCASE AE raises its AUC (synthetic data at 6, 0 and -6 dB; real fan clips with extra noise).
+denoising before a detector raises its AUC (synthetic data at 6, 0 and -6 dB; real fan clips with extra noise).
 
 Everything below was fixed before any result was looked at; nothing is chosen on anomaly labels.
 
@@ -14,17 +14,24 @@ Everything below was fixed before any result was looked at; nothing is chosen on
   synth`, seed 0, fan / pump / slider / valve, 1 id, `--train-clips` 30 normal training clips, 20 test clips);
   `dcase_ae` with its shipped config but on the denoiser's 80-band log-mel (context 5), with and without the
   `lstm_denoiser` stage (the denoiser from `models`), and the shipped 128-band AE as the reference; `--epochs`
-  (30) for all three. AUC per type from `offline.evaluate`, mean over types.
+  (30) for all three. AUC per type from `offline.evaluate`, mean over types. `--detectors` (default `dcase_ae`)
+  runs the same three variants of other detectors that read log-mel frames (e.g. `embed_knn`, the few-normals
+  segment embeddings: its shipped config, its own context, on the denoiser's log-mel or as shipped); `--epochs`
+  applies to iterative ones only.
 - **Denoising before the AE, real** (`real`): MIMII fan id_00 (the 20 normal + 20 anomalous clips of one set),
   each clip mixed with the synthetic factory background at 0 dB (its own noise stretch per clip); the same
   seeded splits as `bench_realdata` (10 normals to train, `--splits` 10). A denoiser for fan is trained the way a
   user would (`asd-offline train --data RECORDINGS --noise` path: clean recordings + noise at 6, 0, -6 dB) on the
   *other* real fan normals in `../shared/data/real` (not id_00 of that set), with the generator's background from
-  other factories than the test mixing uses. `dcase_ae` (80-band, as above) with and without it; AUC mean +- std
-  over splits, with `rms_level` and `chance`.
+  other factories than the test mixing uses. Each detector (80-band, as above) with and without it; AUC mean +-
+  std over splits, with `rms_level` and `chance`.
 
-Usage: python -m benchmarks.bench_noise [--parts models,synthetic,real] [--epochs 30] [--work DIR]
-       -> benchmarks/results/noise.json;  python -m benchmarks.bench_noise --parts cost --work DIR --name noise_cost
+`synthetic` without `models` trains only the denoiser of `models` (the classifier is not needed).
+
+Usage: python -m benchmarks.bench_noise [--parts models,synthetic,real] [--detectors dcase_ae] [--epochs 30]
+       [--work DIR] -> benchmarks/results/noise.json
+       python -m benchmarks.bench_noise --parts cost --work DIR --name noise_cost
+       python -m benchmarks.bench_noise --parts synthetic,real --detectors embed_knn --name noise_embed_knn
 """
 
 from __future__ import annotations
@@ -56,23 +63,33 @@ def _config(name: str) -> dict[str, Any]:
     return yaml.safe_load((CONFIGS / f"{name}.yaml").read_text())
 
 
-def ae_configs(denoiser: Path | None, epochs: int) -> dict[str, dict[str, Any]]:
-    """The AE variants compared: on the denoiser's 80-band log-mel with and without the stage, and as shipped."""
-    base = _config("dcase_ae")
-    base["params"] = {**base.get("params", {}), "epochs": epochs, "device": "cpu", "progress": False}
+def detector_configs(model: str, denoiser: Path | None, epochs: int) -> dict[str, dict[str, Any]]:
+    """A detector's variants compared: on the denoiser's log-mel (the detector's own context) with and without the
+    stage, and as shipped."""
+    from models.detectors import get_detector
+
+    base = _config(model)
+    names = get_detector(model).param_names()
+    extra = {"epochs": epochs, "device": "cpu", "progress": False}
+    base["params"] = {**base.get("params", {}), **{k: v for k, v in extra.items() if k in names}}
     noise_feature = {k: v for k, v in _config("lstm_denoiser")["feature"].items() if k != "context"}
     mel80 = {**base, "feature": {**base.get("feature", {}), **noise_feature}}
-    out = {"dcase_ae_128": base, "dcase_ae_80": mel80}
+    out = {f"{model}_128": base, f"{model}_80": mel80}
     if denoiser is not None:
-        out["dcase_ae_80_denoised"] = {**mel80, "stages": [{"name": "lstm_denoiser",
+        out[f"{model}_80_denoised"] = {**mel80, "stages": [{"name": "lstm_denoiser",
                                                             "params": {"bundle": str(denoiser)}}]}
     return out
+
+
+def all_configs(detectors: list[str], denoiser: Path | None, epochs: int) -> dict[str, dict[str, Any]]:
+    return {k: v for model in detectors for k, v in detector_configs(model, denoiser, epochs).items()}
 
 
 # -- the noise models -----------------------------------------------------------------------------------------------
 
 
-def part_models(work: Path, args: argparse.Namespace) -> tuple[dict[str, Any], Path, Path]:
+def part_models(work: Path, args: argparse.Namespace,
+                models: tuple[str, ...] = ("lstm_classifier", "lstm_denoiser")) -> tuple[dict[str, Any], Path, Path]:
     from models.synth.catalog import ALL_MACHINES
     from offline.cli import main as cli
 
@@ -82,7 +99,7 @@ def part_models(work: Path, args: argparse.Namespace) -> tuple[dict[str, Any], P
          str(args.train_recordings), "--test-clips", str(args.val_recordings), "--seed", "1"])
     out: dict[str, Any] = {"pairs_seconds": round(time.perf_counter() - t0, 1)}
     paths = {}
-    for model in ("lstm_classifier", "lstm_denoiser"):
+    for model in models:
         paths[model] = work / model
         t0 = time.perf_counter()
         cli(["train", "--data", str(pairs), "--model", model, "--config", str(CONFIGS / f"{model}.yaml"),
@@ -99,7 +116,7 @@ def part_models(work: Path, args: argparse.Namespace) -> tuple[dict[str, Any], P
         out[model].update(params=b.meta["model"]["params"], n_pairs=t["n_pairs"], n_val_pairs=t["n_val_pairs"],
                           fit_seconds=t["fit_seconds"], seconds_per_epoch=round(t["fit_seconds"] / t["epochs_run"], 2),
                           final_loss=t["final_loss"], validation=doc["noise_models"][model])
-    return out, paths["lstm_classifier"], paths["lstm_denoiser"]
+    return out, work / "lstm_classifier", paths["lstm_denoiser"]
 
 
 def cost(classifier: Path, denoiser: Path, n: int = 64, seconds: float = 10.0) -> dict[str, Any]:
@@ -163,7 +180,8 @@ def part_synthetic(work: Path, denoiser: Path, args: argparse.Namespace) -> dict
         data = work / f"synth_{snr:g}dB"
         cli(["synth", str(data), "--machines", ",".join(DETECTOR_TYPES), "--ids", "1", "--train-clips",
              str(args.train_clips), "--test-clips", "20", "--snr", str(snr), "--seed", "0"])
-        run = _train_and_evaluate(data, DETECTOR_TYPES, ae_configs(denoiser, args.epochs), work / f"runs_{snr:g}")
+        run = _train_and_evaluate(data, DETECTOR_TYPES, all_configs(args.detectors, denoiser, args.epochs),
+                                  work / f"runs_{snr:g}")
         out[f"{snr:g}"] = {label: {"mean_auc": r["mean"]["auc"],
                                    "auc": {m: r["machines"][m]["auc"] for m in DETECTOR_TYPES}}
                            for label, r in run["results"].items()}
@@ -214,8 +232,7 @@ def part_real(work: Path, args: argparse.Namespace) -> dict[str, Any]:
     from models.bundle import load_bundle
 
     den_meta = load_bundle(denoiser, device="cpu").meta["training"]
-    configs = ae_configs(denoiser, args.epochs)
-    configs.pop("dcase_ae_128")
+    configs = {k: v for k, v in all_configs(args.detectors, denoiser, args.epochs).items() if not k.endswith("_128")}
     for c in configs.values():
         c.update(holdout=0.3, threshold="percentile:90")
     runs = []
@@ -236,7 +253,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--train-recordings", type=int, default=12, help="pairs: recordings per id to train on")
     parser.add_argument("--val-recordings", type=int, default=4, help="pairs: recordings per id to validate on")
     parser.add_argument("--train-clips", type=int, default=30, help="detector data: normal training clips per id")
-    parser.add_argument("--epochs", type=int, default=30, help="AE epochs (all variants)")
+    parser.add_argument("--detectors", type=lambda s: s.split(","), default=["dcase_ae"],
+                        help="comma-separated detectors compared with and without the denoiser")
+    parser.add_argument("--epochs", type=int, default=30, help="epochs of iterative detectors (all variants)")
     parser.add_argument("--splits", type=int, default=10, help="real data: seeded splits")
     parser.add_argument("--real-dir", type=Path, default=DEFAULT_REAL)
     parser.add_argument("--name", default="noise")
@@ -252,7 +271,8 @@ def main(argv: list[str] | None = None) -> int:
         work.mkdir(parents=True, exist_ok=True)
         denoiser = None
         if "models" in parts or "synthetic" in parts:
-            result["models"], _, denoiser = part_models(work, args)
+            wanted = ("lstm_classifier", "lstm_denoiser") if "models" in parts else ("lstm_denoiser",)
+            result["models"], _, denoiser = part_models(work, args, wanted)
         if "cost" in parts:
             result["cost"] = cost(work / "lstm_classifier", work / "lstm_denoiser")
         if "synthetic" in parts:

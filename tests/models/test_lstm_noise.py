@@ -121,7 +121,7 @@ def denoiser_dir(tmp_path_factory: pytest.TempPathFactory):
 
 
 def _denoised_detector(out, denoiser_dir, context: int, model: str = "dcase_ae"):
-    params = {**REGISTRY[model].quick_params, "epochs": 3}
+    params = {**REGISTRY[model].quick_params, **({"epochs": 3} if REGISTRY[model].iterative() else {})}
     spec = build_spec(model, {"feature": {**FEATURE.to_dict(), "context": context}, "params": params,
                               "stages": [{"name": "lstm_denoiser", "params": {"bundle": str(denoiser_dir)}}],
                               "threshold": "percentile:100", "window_seconds": 1.0, "hop_seconds": 0.25})
@@ -175,6 +175,21 @@ def test_a_denoised_detector_streams_what_it_scores_offline(tmp_path, denoiser_d
         np.testing.assert_allclose([v for _, v in got[s]], want, rtol=1e-4)
     # whole clips (asd-offline score) are the same scorer with the window set to the clip
     np.testing.assert_allclose(b.score_wavs([wav]), [per_vector.mean()], rtol=1e-4)
+
+
+def test_a_window_level_detector_behind_the_denoiser_streams_what_it_scores_offline(tmp_path, denoiser_dir) -> None:
+    """The same for a detector that scores whole windows (segment embeddings, not a mean of per-vector scores)."""
+    b = _denoised_detector(tmp_path / "det", denoiser_dir, 1, model="embed_knn")
+    wav = np.concatenate([noisy_pair_audio(2.0, 60 + k)[1] for k in range(2)])
+    scorer = b.stream_scorer(n_streams=1, window=1.0, hop=0.25)
+    got: list[float] = []
+    for start in range(0, wav.size, 700):
+        got += [v for _, v in scorer.accept([wav[start : start + 700]])[0]]
+    vectors = b.chain.causal_stages[0].transform_clips([b.feature.extract(wav)])[0]
+    win, hop = b.feature.n_vectors(int(1.0 * SR)), int(round(0.25 * SR / b.feature.hop_samples))
+    want = b.detector.score([vectors[e - win : e] for e in range(win, vectors.shape[0] + 1, hop)], ["hum"] * len(got))
+    assert len(got) == len(want) > 4
+    np.testing.assert_allclose(got, want, rtol=1e-4)
 
 
 def test_a_denoiser_stage_needs_a_denoiser_bundle_on_the_same_log_mel(tmp_path, denoiser_dir) -> None:
