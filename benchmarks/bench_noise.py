@@ -82,6 +82,7 @@ def detector_configs(model: str, denoiser: Path | None, epochs: int) -> dict[str
 
 
 def all_configs(detectors: list[str], denoiser: Path | None, epochs: int) -> dict[str, dict[str, Any]]:
+    """Every detector's variants, labelled `<detector>_128`, `_80` and `_80_denoised`."""
     return {k: v for model in detectors for k, v in detector_configs(model, denoiser, epochs).items()}
 
 
@@ -89,7 +90,8 @@ def all_configs(detectors: list[str], denoiser: Path | None, epochs: int) -> dic
 
 
 def part_models(work: Path, args: argparse.Namespace,
-                models: tuple[str, ...] = ("lstm_classifier", "lstm_denoiser")) -> tuple[dict[str, Any], Path, Path]:
+                models: tuple[str, ...] = ("lstm_classifier", "lstm_denoiser")) -> tuple[dict[str, Any], Path]:
+    """Train and validate the noise models on synthetic pairs; their figures and the denoiser's bundle."""
     from models.synth.catalog import ALL_MACHINES
     from offline.cli import main as cli
 
@@ -116,7 +118,7 @@ def part_models(work: Path, args: argparse.Namespace,
         out[model].update(params=b.meta["model"]["params"], n_pairs=t["n_pairs"], n_val_pairs=t["n_val_pairs"],
                           fit_seconds=t["fit_seconds"], seconds_per_epoch=round(t["fit_seconds"] / t["epochs_run"], 2),
                           final_loss=t["final_loss"], validation=doc["noise_models"][model])
-    return out, work / "lstm_classifier", paths["lstm_denoiser"]
+    return out, paths["lstm_denoiser"]
 
 
 def cost(classifier: Path, denoiser: Path, n: int = 64, seconds: float = 10.0) -> dict[str, Any]:
@@ -272,7 +274,7 @@ def main(argv: list[str] | None = None) -> int:
         denoiser = None
         if "models" in parts or "synthetic" in parts:
             wanted = ("lstm_classifier", "lstm_denoiser") if "models" in parts else ("lstm_denoiser",)
-            result["models"], _, denoiser = part_models(work, args, wanted)
+            result["models"], denoiser = part_models(work, args, wanted)
         if "cost" in parts:
             result["cost"] = cost(work / "lstm_classifier", work / "lstm_denoiser")
         if "synthetic" in parts:
