@@ -54,6 +54,7 @@ log = logging.getLogger("bench_noise")
 
 SNRS = (6.0, 0.0, -6.0)
 DETECTOR_TYPES = ("fan", "pump", "slider", "valve")
+NOISE_MODELS = ("lstm_classifier", "lstm_denoiser")
 TEST_NOISE_KEY = 7_000  # factories of the real-data test mixing; the denoiser's training noise uses other keys
 
 
@@ -90,7 +91,7 @@ def all_configs(detectors: list[str], denoiser: Path | None, epochs: int) -> dic
 
 
 def part_models(work: Path, args: argparse.Namespace,
-                models: tuple[str, ...] = ("lstm_classifier", "lstm_denoiser")) -> tuple[dict[str, Any], Path]:
+                models: tuple[str, ...] = NOISE_MODELS) -> tuple[dict[str, Any], Path]:
     """Train and validate the noise models on synthetic pairs; their figures and the denoiser's bundle."""
     from models.synth.catalog import ALL_MACHINES
     from offline.cli import main as cli
@@ -273,7 +274,7 @@ def main(argv: list[str] | None = None) -> int:
         work.mkdir(parents=True, exist_ok=True)
         denoiser = None
         if "models" in parts or "synthetic" in parts:
-            wanted = ("lstm_classifier", "lstm_denoiser") if "models" in parts else ("lstm_denoiser",)
+            wanted = NOISE_MODELS if "models" in parts else ("lstm_denoiser",)
             result["models"], denoiser = part_models(work, args, wanted)
         if "cost" in parts:
             result["cost"] = cost(work / "lstm_classifier", work / "lstm_denoiser")
