@@ -48,7 +48,7 @@ from typing import Any
 import numpy as np
 import yaml
 
-from benchmarks.common import CONFIGS, write_result
+from benchmarks.common import model_config, write_result
 
 log = logging.getLogger("bench_gpu")
 
@@ -69,26 +69,25 @@ def _synth(work: Path, clips: int) -> tuple[Path, Path]:
     return data, pairs
 
 
-def _config(model: str, tiny: bool, epochs: int) -> dict[str, Any]:
-    """The shipped config (`--tiny`: the detector's quick settings over it), with `epochs` for every epoch count."""
+def _config(model: str, tiny: bool, epochs: int) -> tuple[dict[str, Any], int]:
+    """The shipped config (`--tiny`: the detector's quick settings over it) with `epochs` for every epoch count, and
+    the shipped epoch count."""
     from models.detectors import get_detector
-    from offline.train import load_config
 
-    config = load_config(CONFIGS / f"{model}.yaml")
+    config = model_config(model)[1]
     params = dict(config.get("params") or {})
+    shipped = int(params.get("epochs", 0))
     if tiny:
         cls = get_detector(model)
         params.update({k: v for k, v in cls.quick_params.items() if k not in ("progress", "num_threads")})
         config["feature"] = {**(config.get("feature") or {}), **cls.quick_feature}
         if "frames" in params and "window_seconds" in config:  # one crop of the tiny network per window
             config["window_seconds"] = max(2.0, float(HOP_SECONDS))
-    shipped = int(load_config(CONFIGS / f"{model}.yaml").get("params", {}).get("epochs", 0))
     params["epochs"] = epochs
     if "pretrain_epochs" in params:
         params["pretrain_epochs"] = min(epochs, int(params["pretrain_epochs"]))
     config["params"] = params
-    config["_shipped_epochs"] = shipped
-    return config
+    return config, shipped
 
 
 def train(model: str, data: Path, work: Path, device: str, epochs: int, tiny: bool) -> tuple[Path, dict[str, Any]]:
@@ -97,8 +96,7 @@ def train(model: str, data: Path, work: Path, device: str, epochs: int, tiny: bo
 
     from offline.cli import main as offline_main
 
-    config = _config(model, tiny, epochs)
-    shipped = config.pop("_shipped_epochs")
+    config, shipped = _config(model, tiny, epochs)
     cfg_path, out = work / f"{model}.yaml", work / model
     cfg_path.write_text(yaml.safe_dump(config))
     cuda = device.startswith("cuda")
