@@ -24,12 +24,15 @@ Protocol (speed and memory, not accuracy; fixed before its first GPU result):
 - The JSON is rewritten after every model, so a run cut short by the device's time limit keeps what it measured;
   a model that fails is recorded under `failed` (its error) and the run goes on to the next one, then exits non-zero.
 
-On the lent GPU machine (no internet; soundfile and librosa are not in its image), from the repository root:
+On the lent GPU machine (no internet; soundfile, its cffi, and librosa with the needs below are not in its image,
+as its package list of 2026-11-17 reads), from the repository root:
   here, once: python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp
-      --platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 -d .whl soundfile==0.14.0 librosa==0.11.0
+      --platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 --platform manylinux_2_17_x86_64
+      --platform manylinux2014_x86_64 -d .whl soundfile==0.14.0 cffi==2.0.0 pycparser==2.23 librosa==0.11.0
       audioread==3.1.0 soxr==1.1.0 pooch==1.9.0 decorator==5.2.1 platformdirs==4.14.9   (.whl git-ignored)
-  there (run, carry [".whl"]): python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl &&
-      PYTHONPATH=/tmp/site:. PYTHONUNBUFFERED=1 python3 -m benchmarks.bench_gpu --device cuda --out-dir $OUT
+  there (run, carry [".whl"]): python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir
+      --target /tmp/site .whl/*.whl && PYTHONPATH=/tmp/site:. PYTHONUNBUFFERED=1 python3 -m benchmarks.bench_gpu
+      --device cuda --out-dir $OUT
 
 Usage: python -m benchmarks.bench_gpu [--models M,...] [--device cuda] [--epochs 2] [--clips 20]
        [--streams 1,10,100,1000] [--tiny] [--name gpu_<device>] [--out-dir DIR]
